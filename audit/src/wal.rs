@@ -1,0 +1,300 @@
+//! A durable, append-only file of lines with group commit.
+//!
+//! One writer thread owns the file. Callers hand it items; it turns each into a
+//! line with a [`Sealer`] (in submission order), writes every pending line in one
+//! `write`, calls `fdatasync` once, and only then answers each caller. So an
+//! append that returned `Ok` is on disk, and many concurrent appends share one
+//! sync. After any write or sync error the file is poisoned: every later append
+//! fails, because what reached the disk is no longer known. No record, no action.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
+
+/// Largest batch written with one sync.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path} durably: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} is unavailable after an earlier write error; nothing more is recorded")]
+    Poisoned { path: PathBuf },
+    #[error("the writer of {path} has stopped")]
+    Closed { path: PathBuf },
+}
+
+/// Turns an item into the bytes of one line (without the newline), in order.
+pub trait Sealer: Send + 'static {
+    type Item: Send + 'static;
+    type Receipt: Send + 'static;
+    fn seal(&mut self, item: Self::Item) -> (Vec<u8>, Self::Receipt);
+}
+
+/// A sealer for callers that already have their line.
+#[derive(Debug, Default)]
+pub struct Plain;
+
+impl Sealer for Plain {
+    type Item = Vec<u8>;
+    type Receipt = ();
+    fn seal(&mut self, item: Vec<u8>) -> (Vec<u8>, ()) {
+        (item, ())
+    }
+}
+
+type Reply<R> = oneshot::Sender<Result<R, WalError>>;
+
+/// Handle to the writer thread. Cheap to clone.
+pub struct Wal<S: Sealer> {
+    tx: mpsc::Sender<(S::Item, Reply<S::Receipt>)>,
+    poisoned: Arc<AtomicBool>,
+    path: Arc<PathBuf>,
+}
+
+impl<S: Sealer> Clone for Wal<S> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            poisoned: self.poisoned.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// Reads the complete lines of `path` (missing file: none). A last line without
+/// its newline was never acknowledged to anyone (the crash came before the sync
+/// finished), so it is cut off the file and not returned.
+pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, WalError> {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(WalError::Open {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let read_err = |source| WalError::Read {
+        path: path.into(),
+        source,
+    };
+    let mut reader = BufReader::new(&file);
+    let mut lines = Vec::new();
+    let mut complete_len: u64 = 0;
+    loop {
+        let mut line = Vec::new();
+        let n = reader.read_until(b'\n', &mut line).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // Torn tail: drop it so the next append starts on a line boundary.
+            file.set_len(complete_len).map_err(read_err)?;
+            file.sync_all().map_err(read_err)?;
+            break;
+        }
+        complete_len += n as u64;
+        line.pop();
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+/// Replaces `path` with `lines` atomically: write a temporary file, sync it,
+/// rename it over `path`, sync the directory.
+pub fn rewrite(path: &Path, lines: &[Vec<u8>]) -> Result<(), WalError> {
+    let write_err = |source| WalError::Write {
+        path: path.into(),
+        source,
+    };
+    let tmp = path.with_extension("rewrite.tmp");
+    {
+        let mut f = File::create(&tmp).map_err(write_err)?;
+        let mut buf = Vec::new();
+        for l in lines {
+            buf.extend_from_slice(l);
+            buf.push(b'\n');
+        }
+        f.write_all(&buf).map_err(write_err)?;
+        f.sync_all().map_err(write_err)?;
+    }
+    std::fs::rename(&tmp, path).map_err(write_err)?;
+    sync_dir(path).map_err(write_err)
+}
+
+/// Syncs the directory holding `path`, so a create or rename in it is durable.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)?.sync_all()
+}
+
+impl<S: Sealer> Wal<S> {
+    /// Opens `path` for appending (creating it, mode 0600) and starts its writer.
+    pub fn open(path: &Path, sealer: S) -> Result<Self, WalError> {
+        let open_err = |source| WalError::Open {
+            path: path.into(),
+            source,
+        };
+        let mut opts = OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut file = opts.open(path).map_err(open_err)?;
+        file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        sync_dir(path).map_err(open_err)?;
+        let (tx, rx) = mpsc::channel();
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let path = Arc::new(path.to_path_buf());
+        let writer = Writer {
+            file,
+            sealer,
+            rx,
+            poisoned: poisoned.clone(),
+            path: path.clone(),
+        };
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(open_err)?;
+        Ok(Self { tx, poisoned, path })
+    }
+
+    /// Appends one item; returns once its line is on disk.
+    pub async fn append(&self, item: S::Item) -> Result<S::Receipt, WalError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(WalError::Poisoned {
+                path: (*self.path).clone(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((item, reply)).map_err(|_| WalError::Closed {
+            path: (*self.path).clone(),
+        })?;
+        rx.await.map_err(|_| WalError::Closed {
+            path: (*self.path).clone(),
+        })?
+    }
+
+    /// Whether an earlier write failed (the file accepts nothing more).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+struct Writer<S: Sealer> {
+    file: File,
+    sealer: S,
+    rx: mpsc::Receiver<(S::Item, Reply<S::Receipt>)>,
+    poisoned: Arc<AtomicBool>,
+    path: Arc<PathBuf>,
+}
+
+impl<S: Sealer> Writer<S> {
+    fn run(mut self) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut pending = Vec::with_capacity(256);
+        while let Ok(first) = self.rx.recv() {
+            pending.push(first);
+            while pending.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(next) => pending.push(next),
+                    Err(_) => break,
+                }
+            }
+            if self.poisoned.load(Ordering::Acquire) {
+                for (_, reply) in pending.drain(..) {
+                    let _ = reply.send(Err(WalError::Poisoned {
+                        path: (*self.path).clone(),
+                    }));
+                }
+                continue;
+            }
+            buf.clear();
+            let mut receipts = Vec::with_capacity(pending.len());
+            for (item, reply) in pending.drain(..) {
+                let (line, receipt) = self.sealer.seal(item);
+                buf.extend_from_slice(&line);
+                buf.push(b'\n');
+                receipts.push((receipt, reply));
+            }
+            match self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
+                Ok(()) => {
+                    for (receipt, reply) in receipts {
+                        let _ = reply.send(Ok(receipt));
+                    }
+                }
+                Err(e) => {
+                    self.poisoned.store(true, Ordering::Release);
+                    let kind = e.kind();
+                    let msg = e.to_string();
+                    for (_, reply) in receipts {
+                        let source = io::Error::new(kind, msg.clone());
+                        let _ = reply.send(Err(WalError::Write {
+                            path: (*self.path).clone(),
+                            source,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn appends_are_durable_lines_and_torn_tails_are_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.log");
+        let wal = Wal::open(&path, Plain).expect("open");
+        let mut tasks = Vec::new();
+        for i in 0..100u32 {
+            let w = wal.clone();
+            tasks.push(tokio::spawn(
+                async move { w.append(format!("line {i}").into_bytes()).await },
+            ));
+        }
+        for t in tasks {
+            t.await.expect("join").expect("append");
+        }
+        drop(wal);
+        // A crash mid-write leaves a line without its newline.
+        let mut f = OpenOptions::new().append(true).open(&path).expect("reopen");
+        f.write_all(b"half a li").expect("write");
+        drop(f);
+        let lines = read_lines(&path).expect("read");
+        assert_eq!(lines.len(), 100);
+        assert!(lines.iter().all(|l| l.starts_with(b"line ")));
+        let raw = std::fs::read(&path).expect("raw");
+        assert!(raw.ends_with(b"\n"), "torn tail was cut");
+    }
+
+    #[tokio::test]
+    async fn rewrite_replaces_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.log");
+        std::fs::write(&path, b"old\n").expect("write");
+        rewrite(&path, &[b"a".to_vec(), b"b".to_vec()]).expect("rewrite");
+        assert_eq!(read_lines(&path).expect("read"), vec![b"a".to_vec(), b"b".to_vec()]);
+    }
+}

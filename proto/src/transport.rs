@@ -1,0 +1,152 @@
+//! TLS settings both ends of the wire share: rustls with the aws-lc provider,
+//! TLS 1.3 only, HTTP/2 by ALPN. There is deliberately no way to build a
+//! configuration that skips verification.
+
+use std::sync::Arc;
+
+use aws_lc_rs::digest;
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+/// Errors building a TLS configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    ClientVerifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// The one crypto provider: aws-lc.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// SHA-256 of a DER certificate: the fingerprint an enrollment token pins.
+pub fn fingerprint(cert: &[u8]) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, cert);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+const ALPN_H2: &[u8] = b"h2";
+
+/// Client configuration trusting only `ca` (DER), optionally presenting a
+/// client certificate (mutual TLS).
+pub fn client_config(
+    ca: CertificateDer<'static>,
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, TransportError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    let mut cfg = match identity {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
+
+/// Client configuration for enrollment: the agent has no CA yet, only the
+/// SHA-256 fingerprint of it from the token. The server must present that CA
+/// in its chain, and its certificate must verify against it.
+pub fn pinned_ca_client_config(ca_fingerprint: [u8; 32]) -> Result<ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        fingerprint: ca_fingerprint,
+        provider: provider.clone(),
+    });
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous() // a stricter verifier, not a weaker one: see PinnedCaVerifier
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
+
+/// Server configuration presenting `chain` (leaf first, then the CA, so an
+/// enrolling agent can find the CA it pinned). Client certificates are verified
+/// against `client_ca`; they are optional at the TLS layer because `Enroll`
+/// runs before the agent has one, and every other RPC checks for one.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: CertificateDer<'static>,
+) -> Result<ServerConfig, TransportError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    roots.add(client_ca)?;
+    let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(cfg)
+}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    fingerprint: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c.as_ref()) == self.fingerprint)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // Only TLS 1.3 is ever negotiated.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
