@@ -1,0 +1,99 @@
+//! Live sessions and watchers: which agents are connected, and the events an
+//! operator's `watch` waits for. Nothing here is durable; the store is.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use byoc_proto::control::v1::WatchEvent;
+use tokio::sync::{Notify, broadcast};
+
+/// What the control plane knows of a connected agent right now.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// Distinguishes sessions of the same agent (a reconnect replaces the old one).
+    pub session: u64,
+    pub version: String,
+    pub last_heartbeat_unix_ms: i64,
+    pub in_flight: u32,
+    /// Woken when an operation for this agent becomes durable.
+    pub notify: Arc<Notify>,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    live: Arc<Mutex<HashMap<String, Live>>>,
+    events: broadcast::Sender<(String, WatchEvent)>,
+    next_session: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            live: Arc::default(),
+            events: broadcast::channel(16 * 1024).0,
+            next_session: Arc::default(),
+        }
+    }
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a new session for `agent`, replacing any older one.
+    pub fn connect(&self, agent: &str, version: &str, now_ms: i64) -> Live {
+        let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let live = Live {
+            session,
+            version: version.to_string(),
+            last_heartbeat_unix_ms: now_ms,
+            in_flight: 0,
+            notify: Arc::new(Notify::new()),
+        };
+        if let Some(old) = self.lock().insert(agent.to_string(), live.clone()) {
+            // Wake the old session's dispatcher so it notices it was replaced.
+            old.notify.notify_one();
+        }
+        live
+    }
+
+    /// Removes `agent`'s session if it is still `session`.
+    pub fn disconnect(&self, agent: &str, session: u64) {
+        let mut live = self.lock();
+        if live.get(agent).is_some_and(|l| l.session == session) {
+            live.remove(agent);
+        }
+    }
+
+    pub fn is_current(&self, agent: &str, session: u64) -> bool {
+        self.lock().get(agent).is_some_and(|l| l.session == session)
+    }
+
+    pub fn heartbeat(&self, agent: &str, now_ms: i64, in_flight: u32) {
+        if let Some(l) = self.lock().get_mut(agent) {
+            l.last_heartbeat_unix_ms = now_ms;
+            l.in_flight = in_flight;
+        }
+    }
+
+    pub fn get(&self, agent: &str) -> Option<Live> {
+        self.lock().get(agent).cloned()
+    }
+
+    /// Wakes the dispatcher of `agent`, if connected.
+    pub fn wake(&self, agent: &str) {
+        if let Some(l) = self.lock().get(agent) {
+            l.notify.notify_one();
+        }
+    }
+
+    pub fn publish(&self, op: &str, ev: WatchEvent) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.events.send((op.to_string(), ev));
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<(String, WatchEvent)> {
+        self.events.subscribe()
+    }
+}

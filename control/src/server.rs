@@ -1,0 +1,122 @@
+//! `byoc-control serve`: the TLS listener for agents and the Unix socket for
+//! operators, over one store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use byoc_proto::agent::v1::agent_service_server::AgentServiceServer;
+use byoc_proto::control::v1::admin_service_server::AdminServiceServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tracing::{debug, info};
+
+use crate::admin::AdminApi;
+use crate::hub::Hub;
+use crate::pki::Pki;
+use crate::service::{AgentApi, ServiceConfig};
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Names and addresses the server certificate is valid for.
+    pub server_names: Vec<String>,
+    pub cert_lifetime: Duration,
+    pub heartbeat_interval: Duration,
+}
+
+/// The operator socket in a data directory.
+pub fn admin_socket(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.sock")
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn serve(
+    cfg: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting the mode of {}", cfg.data_dir.display()))?;
+    }
+    let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &cfg.server_names)?);
+    let store = Store::open(&cfg.data_dir.join("state.log"))?;
+    let api = AgentApi {
+        store,
+        hub: Hub::default(),
+        pki: pki.clone(),
+        cfg: Arc::new(ServiceConfig {
+            cert_lifetime: cfg.cert_lifetime,
+            heartbeat_interval: cfg.heartbeat_interval,
+            control_plane_id: format!("byoc-control-{}", &hex::encode(pki.ca_fingerprint())[..12]),
+        }),
+    };
+
+    let tls = byoc_proto::transport::server_config(pki.server_chain.clone(), pki.server_key(), pki.ca_der.clone())?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, peer)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let conn_tx = conn_tx.clone();
+            // Handshakes run apart, so a slow or hostile client cannot stall others.
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = conn_tx.send(Ok::<_, std::io::Error>(stream)).await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+
+    let sock = admin_socket(&cfg.data_dir);
+    let _ = std::fs::remove_file(&sock);
+    let uds = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let admin = tonic::transport::Server::builder()
+        .add_service(AdminServiceServer::new(AdminApi(api.clone())))
+        .serve_with_incoming(UnixListenerStream::new(uds));
+    tokio::spawn(admin);
+
+    // The address file is the readiness signal for scripts and tests.
+    let url = format!("https://{addr}");
+    let addr_file = cfg.data_dir.join("listen.url");
+    std::fs::write(addr_file.with_extension("tmp"), &url)?;
+    std::fs::rename(addr_file.with_extension("tmp"), &addr_file)?;
+    info!(%url, data_dir = %cfg.data_dir.display(), ca_fingerprint = %hex::encode(pki.ca_fingerprint()), "control plane listening");
+
+    let agent_svc = AgentServiceServer::new(api)
+        .max_decoding_message_size(byoc_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(byoc_proto::MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(agent_svc)
+        .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}

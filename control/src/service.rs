@@ -1,0 +1,356 @@
+//! The agent-facing gRPC service: Enroll, Renew and the Connect session.
+//! Handlers decode and check; the store records; the hub moves live events.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use byoc_proto::agent::v1::agent_service_server::AgentService;
+use byoc_proto::agent::v1::{
+    AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, RenewRequest, RenewResponse, ResultAck, Welcome,
+    agent_message, control_message,
+};
+use byoc_proto::control::v1::{WatchEvent, watch_event};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::hub::Hub;
+use crate::pki::Pki;
+use crate::store::{Record, Store};
+
+/// Settings of the agent-facing service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub cert_lifetime: Duration,
+    pub heartbeat_interval: Duration,
+    pub control_plane_id: String,
+}
+
+#[derive(Clone)]
+pub struct AgentApi {
+    pub store: Store,
+    pub hub: Hub,
+    pub pki: Arc<Pki>,
+    pub cfg: Arc<ServiceConfig>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn token_hash(secret: &str) -> String {
+    hex::encode(byoc_proto::transport::fingerprint(secret.as_bytes()))
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // The system RNG failing is not recoverable; an all-zero id would be caught
+    // as a duplicate by the store, never silently reused.
+    let _ = aws_lc_rs::rand::fill(&mut buf);
+    hex::encode(buf)
+}
+
+fn store_err(e: crate::store::StoreError) -> Status {
+    warn!(error = %e, "state store failed");
+    Status::unavailable(format!("control plane state store failed: {e}"))
+}
+
+impl AgentApi {
+    /// The agent a request comes from, by the fingerprint of its client certificate.
+    fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required: enroll first"))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+        let fp = hex::encode(byoc_proto::transport::fingerprint(leaf.as_ref()));
+        self.store
+            .lock()
+            .certs
+            .get(&fp)
+            .cloned()
+            .ok_or_else(|| Status::permission_denied("this client certificate was not issued to an enrolled agent"))
+    }
+}
+
+type ControlStream = Pin<Box<dyn Stream<Item = Result<ControlMessage, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let target = r.target.clone().unwrap_or_default();
+        if target.cloud.is_empty() || target.account.is_empty() || target.region.is_empty() {
+            return Err(Status::invalid_argument(
+                "target.cloud, target.account and target.region are required",
+            ));
+        }
+        let hash = token_hash(&r.token);
+        {
+            // Claim the token under the lock, so two concurrent uses cannot both pass.
+            let mut st = self.store.lock();
+            let t = st
+                .tokens
+                .get_mut(&hash)
+                .ok_or_else(|| Status::permission_denied("unknown enrollment token"))?;
+            if t.used {
+                return Err(Status::permission_denied(
+                    "this enrollment token has already been used; create a new one",
+                ));
+            }
+            if t.expires_unix_ms <= now_ms() {
+                return Err(Status::permission_denied(
+                    "this enrollment token has expired; create a new one",
+                ));
+            }
+            t.used = true;
+        }
+        self.store.commit(Record::TokenUsed { hash }).await.map_err(store_err)?;
+        let agent_id = format!("agt-{}", random_hex(8));
+        let (cert, not_after) = self
+            .pki
+            .issue_client_cert(&agent_id, &r.csr_der, self.cfg.cert_lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let not_after_ms = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        self.store
+            .commit(Record::Agent {
+                id: agent_id.clone(),
+                cloud: target.cloud.clone(),
+                account: target.account.clone(),
+                region: target.region.clone(),
+                hostname: r.hostname.clone(),
+            })
+            .await
+            .map_err(store_err)?;
+        self.store
+            .commit(Record::Cert {
+                agent: agent_id.clone(),
+                fingerprint: hex::encode(byoc_proto::transport::fingerprint(&cert)),
+                not_after_unix_ms: not_after_ms,
+            })
+            .await
+            .map_err(store_err)?;
+        info!(agent = %agent_id, cloud = %target.cloud, account = %target.account, region = %target.region, "agent enrolled");
+        Ok(Response::new(EnrollResponse {
+            agent_id,
+            certificate_der: cert.to_vec(),
+            ca_certificate_der: self.pki.ca_der.to_vec(),
+            operation_signing_public_key: byoc_proto::signing::public_key(&self.pki.op_key),
+            certificate_not_after_unix_ms: not_after_ms,
+        }))
+    }
+
+    async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let agent = self.authenticate(&req)?;
+        let (cert, not_after) = self
+            .pki
+            .issue_client_cert(&agent, &req.get_ref().csr_der, self.cfg.cert_lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let not_after_ms = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        self.store
+            .commit(Record::Cert {
+                agent: agent.clone(),
+                fingerprint: hex::encode(byoc_proto::transport::fingerprint(&cert)),
+                not_after_unix_ms: not_after_ms,
+            })
+            .await
+            .map_err(store_err)?;
+        info!(agent = %agent, "certificate renewed");
+        Ok(Response::new(RenewResponse {
+            certificate_der: cert.to_vec(),
+            certificate_not_after_unix_ms: not_after_ms,
+        }))
+    }
+
+    type ConnectStream = ControlStream;
+
+    async fn connect(&self, req: Request<Streaming<AgentMessage>>) -> Result<Response<ControlStream>, Status> {
+        let agent = self.authenticate(&req)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??;
+        let hello = match first.and_then(|m| m.body) {
+            Some(agent_message::Body::Hello(h)) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be a hello",
+                ));
+            }
+        };
+        if hello.agent_id != agent {
+            return Err(Status::permission_denied(format!(
+                "hello names agent {:?} but the client certificate belongs to {agent}",
+                hello.agent_id
+            )));
+        }
+        let live = self.hub.connect(&agent, &hello.agent_version, now_ms());
+        info!(agent = %agent, version = %hello.agent_version, highest_seq = hello.highest_operation_sequence,
+              acked = hello.last_acked_result_seq, "agent connected");
+        let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(1024);
+        let welcome = ControlMessage {
+            body: Some(control_message::Body::Welcome(Welcome {
+                heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u32,
+                server_time_unix_ms: now_ms(),
+                control_plane_id: self.cfg.control_plane_id.clone(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("session closed"))?;
+        tokio::spawn(self.clone().dispatch(
+            agent.clone(),
+            live.session,
+            hello.highest_operation_sequence,
+            tx.clone(),
+            live.notify.clone(),
+        ));
+        tokio::spawn(self.clone().read(agent, live.session, inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl AgentApi {
+    /// Sends the agent its durable operations in sequence order, starting after
+    /// the highest one it has recorded, and waits for more.
+    async fn dispatch(
+        self,
+        agent: String,
+        session: u64,
+        highest: u64,
+        tx: mpsc::Sender<Result<ControlMessage, Status>>,
+        notify: Arc<tokio::sync::Notify>,
+    ) {
+        let mut next = highest + 1;
+        loop {
+            let batch: Vec<_> = {
+                let st = self.store.lock();
+                let mut batch = Vec::new();
+                if let Some(seqs) = st.by_agent.get(&agent) {
+                    // Sequences are assigned contiguously; a gap is one still
+                    // being written, so stop there and keep the order.
+                    while let Some(id) = seqs.get(&next) {
+                        if let Some(o) = st.ops.get(id) {
+                            if o.results.is_empty() {
+                                batch.push(o.op.clone());
+                            }
+                        }
+                        next += 1;
+                    }
+                }
+                batch
+            };
+            for op in batch {
+                let id = op.id.clone();
+                let msg = ControlMessage {
+                    body: Some(control_message::Body::Operation(op)),
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+                self.hub.publish(
+                    &id,
+                    WatchEvent {
+                        body: Some(watch_event::Body::State("delivered".into())),
+                    },
+                );
+            }
+            if !self.hub.is_current(&agent, session) {
+                return;
+            }
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+
+    /// Reads the agent's messages until the session ends.
+    async fn read(
+        self,
+        agent: String,
+        session: u64,
+        mut inbound: Streaming<AgentMessage>,
+        tx: mpsc::Sender<Result<ControlMessage, Status>>,
+    ) {
+        let silence = self.cfg.heartbeat_interval * 3;
+        let reason = loop {
+            let msg = match tokio::time::timeout(silence, inbound.message()).await {
+                Err(_) => break format!("no message for {} s", silence.as_secs()),
+                Ok(Err(status)) => break format!("stream error: {}", status.message()),
+                Ok(Ok(None)) => break "agent closed the session".to_string(),
+                Ok(Ok(Some(m))) => m,
+            };
+            match msg.body {
+                Some(agent_message::Body::Heartbeat(h)) => self.hub.heartbeat(&agent, now_ms(), h.operations_in_flight),
+                Some(agent_message::Body::Accepted(a)) => {
+                    let id = a.operation_id.clone();
+                    self.hub.publish(
+                        &id,
+                        WatchEvent {
+                            body: Some(watch_event::Body::Accepted(a)),
+                        },
+                    );
+                }
+                Some(agent_message::Body::Progress(p)) => {
+                    let id = p.operation_id.clone();
+                    self.hub.publish(
+                        &id,
+                        WatchEvent {
+                            body: Some(watch_event::Body::Progress(p)),
+                        },
+                    );
+                }
+                Some(agent_message::Body::Result(r)) => {
+                    let is_new = match self.store.commit_result(&agent, &r).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = tx.send(Err(store_err(e))).await;
+                            break "state store failed".to_string();
+                        }
+                    };
+                    let ack = ControlMessage {
+                        body: Some(control_message::Body::ResultAck(ResultAck {
+                            result_seq: r.result_seq,
+                        })),
+                    };
+                    if tx.send(Ok(ack)).await.is_err() {
+                        break "session closed".to_string();
+                    }
+                    if is_new {
+                        let id = r.operation_id.clone();
+                        self.hub.publish(
+                            &id,
+                            WatchEvent {
+                                body: Some(watch_event::Body::Result(r)),
+                            },
+                        );
+                    }
+                }
+                Some(agent_message::Body::Hello(_)) => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "hello is only valid as the first message",
+                        )))
+                        .await;
+                    break "protocol error: second hello".to_string();
+                }
+                None => {
+                    let _ = tx.send(Err(Status::invalid_argument("empty agent message"))).await;
+                    break "protocol error: empty message".to_string();
+                }
+            }
+        };
+        info!(agent = %agent, %reason, "agent session ended");
+        self.hub.disconnect(&agent, session);
+        // Ends the response stream (if the agent is still there to read it), which
+        // also stops this session's dispatcher.
+        let _ = tx.send(Err(Status::aborted(format!("session ended: {reason}")))).await;
+    }
+}

@@ -1,0 +1,329 @@
+//! The control plane's durable state: tokens, agents, certificates, operations
+//! and results. Every change is a JSON line in a group-committed log
+//! (`state.log`), applied to the in-memory view only once it is on disk, so a
+//! restart (even `kill -9`) loses nothing that was acknowledged. The log is
+//! compacted into a snapshot of the same records at each start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use byoc_audit::wal::{self, Plain, Wal, WalError};
+use byoc_proto::agent::v1::{Operation, OperationResult, Target};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state: {0}")]
+    Wal(#[from] WalError),
+    #[error("{path} line {line} is not a valid record: {message}")]
+    Corrupt { path: String, line: usize, message: String },
+}
+
+/// One durable change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Record {
+    Token {
+        hash: String,
+        expires_unix_ms: i64,
+    },
+    TokenUsed {
+        hash: String,
+    },
+    Agent {
+        id: String,
+        cloud: String,
+        account: String,
+        region: String,
+        hostname: String,
+    },
+    Cert {
+        agent: String,
+        fingerprint: String,
+        not_after_unix_ms: i64,
+    },
+    Op {
+        b64: String,
+    },
+    Result {
+        agent: String,
+        b64: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenState {
+    pub expires_unix_ms: i64,
+    pub used: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentRec {
+    pub id: String,
+    pub target: Target,
+    pub hostname: String,
+    pub cert_not_after_unix_ms: i64,
+    /// Highest operation sequence assigned to this agent.
+    pub last_seq: u64,
+    /// Highest result sequence recorded from this agent.
+    pub acked_result_seq: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OpRec {
+    pub op: Operation,
+    pub results: Vec<OperationResult>,
+    pub duplicates_ignored: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub tokens: HashMap<String, TokenState>,
+    pub agents: BTreeMap<String, AgentRec>,
+    pub certs: HashMap<String, String>,
+    pub ops: HashMap<String, OpRec>,
+    /// agent id -> sequence -> operation id.
+    pub by_agent: HashMap<String, BTreeMap<u64, String>>,
+    pub seen_results: HashMap<String, std::collections::HashSet<u64>>,
+}
+
+impl State {
+    fn apply(&mut self, r: &Record) -> Result<(), String> {
+        match r {
+            Record::Token { hash, expires_unix_ms } => {
+                self.tokens.insert(
+                    hash.clone(),
+                    TokenState {
+                        expires_unix_ms: *expires_unix_ms,
+                        used: false,
+                    },
+                );
+            }
+            Record::TokenUsed { hash } => {
+                if let Some(t) = self.tokens.get_mut(hash) {
+                    t.used = true;
+                }
+            }
+            Record::Agent {
+                id,
+                cloud,
+                account,
+                region,
+                hostname,
+            } => {
+                self.agents.insert(
+                    id.clone(),
+                    AgentRec {
+                        id: id.clone(),
+                        target: Target {
+                            cloud: cloud.clone(),
+                            account: account.clone(),
+                            region: region.clone(),
+                        },
+                        hostname: hostname.clone(),
+                        cert_not_after_unix_ms: 0,
+                        last_seq: 0,
+                        acked_result_seq: 0,
+                    },
+                );
+            }
+            Record::Cert {
+                agent,
+                fingerprint,
+                not_after_unix_ms,
+            } => {
+                self.certs.insert(fingerprint.clone(), agent.clone());
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.cert_not_after_unix_ms = (*not_after_unix_ms).max(a.cert_not_after_unix_ms);
+                }
+            }
+            Record::Op { b64 } => {
+                let op = decode::<Operation>(b64)?;
+                if let Some(a) = self.agents.get_mut(&op.agent_id) {
+                    a.last_seq = a.last_seq.max(op.sequence);
+                }
+                self.by_agent
+                    .entry(op.agent_id.clone())
+                    .or_default()
+                    .insert(op.sequence, op.id.clone());
+                self.ops.insert(
+                    op.id.clone(),
+                    OpRec {
+                        op,
+                        results: Vec::new(),
+                        duplicates_ignored: 0,
+                    },
+                );
+            }
+            Record::Result { agent, b64 } => {
+                let res = decode::<OperationResult>(b64)?;
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.acked_result_seq = a.acked_result_seq.max(res.result_seq);
+                }
+                self.seen_results
+                    .entry(agent.clone())
+                    .or_default()
+                    .insert(res.result_seq);
+                if let Some(o) = self.ops.get_mut(&res.operation_id) {
+                    o.results.push(res);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Snapshot records that rebuild this state.
+    fn snapshot(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (hash, t) in &self.tokens {
+            out.push(Record::Token {
+                hash: hash.clone(),
+                expires_unix_ms: t.expires_unix_ms,
+            });
+            if t.used {
+                out.push(Record::TokenUsed { hash: hash.clone() });
+            }
+        }
+        for a in self.agents.values() {
+            out.push(Record::Agent {
+                id: a.id.clone(),
+                cloud: a.target.cloud.clone(),
+                account: a.target.account.clone(),
+                region: a.target.region.clone(),
+                hostname: a.hostname.clone(),
+            });
+        }
+        for (fp, agent) in &self.certs {
+            let not_after = self.agents.get(agent).map_or(0, |a| a.cert_not_after_unix_ms);
+            out.push(Record::Cert {
+                agent: agent.clone(),
+                fingerprint: fp.clone(),
+                not_after_unix_ms: not_after,
+            });
+        }
+        for seqs in self.by_agent.values() {
+            for id in seqs.values() {
+                if let Some(o) = self.ops.get(id) {
+                    out.push(Record::Op { b64: encode(&o.op) });
+                    for r in &o.results {
+                        out.push(Record::Result {
+                            agent: o.op.agent_id.clone(),
+                            b64: encode(r),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+pub fn encode<M: prost::Message>(m: &M) -> String {
+    B64.encode(m.encode_to_vec())
+}
+
+fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
+    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
+    M::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// Durable state with an in-memory view.
+#[derive(Clone)]
+pub struct Store {
+    wal: Wal<Plain>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let lines = wal::read_lines(path)?;
+        let mut state = State::default();
+        for (i, line) in lines.iter().enumerate() {
+            let corrupt = |message: String| StoreError::Corrupt {
+                path: path.display().to_string(),
+                line: i + 1,
+                message,
+            };
+            let rec: Record = serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
+            state.apply(&rec).map_err(corrupt)?;
+        }
+        let snapshot: Vec<Vec<u8>> = state
+            .snapshot()
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap_or_default())
+            .collect();
+        wal::rewrite(path, &snapshot)?;
+        Ok(Self {
+            wal: Wal::open(path, Plain)?,
+            state: Arc::new(Mutex::new(state)),
+        })
+    }
+
+    /// Makes `rec` durable, then applies it to the in-memory state.
+    pub async fn commit(&self, rec: Record) -> Result<(), StoreError> {
+        self.wal.append(serde_json::to_vec(&rec).unwrap_or_default()).await?;
+        let mut st = self.lock();
+        // A record we built ourselves always applies.
+        let _ = st.apply(&rec);
+        Ok(())
+    }
+
+    /// Makes an operation durable. `build` runs under the state lock to assign
+    /// the agent's next sequence; the operation is visible to dispatch only once
+    /// it is on disk, and dispatch sends in sequence order (see `hub`).
+    pub async fn commit_op(&self, build: impl FnOnce(&mut State) -> Operation) -> Result<Operation, StoreError> {
+        let op = {
+            let mut st = self.lock();
+            let op = build(&mut st);
+            if let Some(a) = st.agents.get_mut(&op.agent_id) {
+                a.last_seq = a.last_seq.max(op.sequence);
+            }
+            op
+        };
+        let rec = Record::Op { b64: encode(&op) };
+        self.wal.append(serde_json::to_vec(&rec).unwrap_or_default()).await?;
+        let mut st = self.lock();
+        st.by_agent
+            .entry(op.agent_id.clone())
+            .or_default()
+            .insert(op.sequence, op.id.clone());
+        st.ops.insert(
+            op.id.clone(),
+            OpRec {
+                op: op.clone(),
+                results: Vec::new(),
+                duplicates_ignored: 0,
+            },
+        );
+        Ok(op)
+    }
+
+    /// Records a result once. Returns true when it was new, false for a
+    /// duplicate (a resend after a reconnect), which is counted and ignored.
+    pub async fn commit_result(&self, agent: &str, res: &OperationResult) -> Result<bool, StoreError> {
+        {
+            let mut st = self.lock();
+            if st.seen_results.get(agent).is_some_and(|s| s.contains(&res.result_seq)) {
+                if let Some(o) = st.ops.get_mut(&res.operation_id) {
+                    o.duplicates_ignored += 1;
+                }
+                return Ok(false);
+            }
+        }
+        self.commit(Record::Result {
+            agent: agent.to_string(),
+            b64: encode(res),
+        })
+        .await?;
+        Ok(true)
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied record:
+        // records are applied whole. Keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
