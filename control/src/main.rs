@@ -260,6 +260,7 @@ async fn watch(dir: &Path, op_id: &str, label: &str) -> anyhow::Result<bool> {
     bar.set_prefix(label.to_string());
     bar.enable_steady_tick(Duration::from_millis(120));
     let hidden = bar.is_hidden();
+    let mut last_line = String::new();
     while let Some(ev) = stream.message().await? {
         match ev.body {
             Some(watch_event::Body::State(s)) => bar.set_message(s),
@@ -270,8 +271,13 @@ async fn watch(dir: &Path, op_id: &str, label: &str) -> anyhow::Result<bool> {
                 }
                 let msg = format!("{}: {}", p.phase, p.message);
                 if hidden {
-                    // Not a terminal (CI, logs): one line an event.
-                    eprintln!("{label}: {msg}");
+                    // Not a terminal (CI, logs): a line when the phase or the
+                    // tens digit of the percentage changes.
+                    let line = format!("{msg} [{}%]", (p.percent.max(0) / 10) * 10);
+                    if line != last_line {
+                        eprintln!("{label}: {line}");
+                        last_line = line;
+                    }
                 }
                 bar.set_message(msg);
             }

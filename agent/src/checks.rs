@@ -1,0 +1,142 @@
+//! Decode, then check: turns an `Operation` from the wire into a typed,
+//! verified value, or a refusal that says why. No provider is called before
+//! every check here has passed.
+
+use byoc_proto::agent::v1::{self as pb, Operation};
+use byoc_provider::{ProviderError, ResourceKind, ResourceSpec};
+
+use crate::config::TargetConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Plan,
+    Apply,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plan => "plan",
+            Self::Apply => "apply",
+            Self::Delete => "delete",
+        }
+    }
+}
+
+/// An operation that passed every check.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub op: Operation,
+    pub action: Action,
+    pub spec: ResourceSpec,
+}
+
+/// Why an operation was refused. `rule` names the check that decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub rule: &'static str,
+    pub message: String,
+    pub field: String,
+}
+
+impl Refusal {
+    fn new(code: &'static str, rule: &'static str, message: impl Into<String>) -> Self {
+        Self { code, rule, message: message.into(), field: String::new() }
+    }
+
+    pub fn to_problem(&self) -> pb::Problem {
+        pb::Problem {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+            field: self.field.clone(),
+            rule: self.rule.to_string(),
+            retry_after_ms: 0,
+        }
+    }
+}
+
+pub struct Checker<'a> {
+    pub agent_id: &'a str,
+    pub target: &'a TargetConfig,
+    pub operation_key: &'a [u8],
+    pub highest_seq: u64,
+    pub now_ms: i64,
+}
+
+impl Checker<'_> {
+    /// Runs every check, cheapest trust decision first: nothing in an operation
+    /// is believed before its signature verifies.
+    pub fn check(&self, op: Operation) -> Result<Verified, Refusal> {
+        byoc_proto::signing::verify(&op, self.operation_key)
+            .map_err(|e| Refusal::new("bad_signature", "signature", e.to_string()))?;
+        if op.agent_id != self.agent_id {
+            return Err(Refusal::new(
+                "wrong_target",
+                "agent_id",
+                format!("operation is addressed to agent {:?}, this is {}", op.agent_id, self.agent_id),
+            ));
+        }
+        if op.sequence <= self.highest_seq {
+            return Err(Refusal::new(
+                "replayed",
+                "sequence",
+                format!("sequence {} is not above {} already recorded", op.sequence, self.highest_seq),
+            ));
+        }
+        if op.not_after_unix_ms <= self.now_ms {
+            return Err(Refusal::new(
+                "expired",
+                "not_after",
+                format!("operation expired {} ms ago", self.now_ms - op.not_after_unix_ms),
+            ));
+        }
+        let t = op.target.clone().unwrap_or_default();
+        if t.cloud != self.target.cloud || t.account != self.target.account || t.region != self.target.region {
+            return Err(Refusal::new(
+                "wrong_target",
+                "target",
+                format!(
+                    "operation targets {}/{}/{}; this agent serves {}/{}/{}",
+                    t.cloud, t.account, t.region, self.target.cloud, self.target.account, self.target.region
+                ),
+            ));
+        }
+        let action = match pb::Action::try_from(op.action) {
+            Ok(pb::Action::Plan) => Action::Plan,
+            Ok(pb::Action::Apply) => Action::Apply,
+            Ok(pb::Action::Delete) => Action::Delete,
+            _ => {
+                return Err(Refusal::new("invalid_spec", "action", format!("action {} is not plan, apply or delete", op.action)));
+            }
+        };
+        let kind = kind(op.kind).ok_or_else(|| {
+            Refusal::new(
+                "invalid_spec",
+                "kind",
+                format!("kind {} is not cluster, node_pool, sandbox or database", op.kind),
+            )
+        })?;
+        let spec = ResourceSpec::from_json(kind, &op.spec_json).map_err(|e| match e {
+            ProviderError::InvalidSpec { field, message } => Refusal {
+                code: "invalid_spec",
+                rule: "spec",
+                message: format!("{field}: {message}"),
+                field,
+            },
+            other => Refusal::new("invalid_spec", "spec", other.to_string()),
+        })?;
+        Ok(Verified { op, action, spec })
+    }
+}
+
+pub fn kind(k: i32) -> Option<ResourceKind> {
+    match pb::ResourceKind::try_from(k) {
+        Ok(pb::ResourceKind::Cluster) => Some(ResourceKind::Cluster),
+        Ok(pb::ResourceKind::NodePool) => Some(ResourceKind::NodePool),
+        Ok(pb::ResourceKind::Sandbox) => Some(ResourceKind::Sandbox),
+        Ok(pb::ResourceKind::Database) => Some(ResourceKind::Database),
+        _ => None,
+    }
+}

@@ -1,0 +1,131 @@
+//! `agent.toml`: parsed once, at start, into typed and validated values. Errors
+//! name the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity, journal, audit log and status live here.
+    pub data_dir: PathBuf,
+    /// Overrides the control plane URL recorded at enrollment.
+    #[serde(default)]
+    pub control_plane: Option<String>,
+    /// What this agent serves: cloud, account and region.
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub executor: ExecutorConfig,
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+    pub provider: ProviderConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub cloud: String,
+    pub account: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    /// Operations run at once; more wait their turn.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrent_operations: usize,
+    /// An operation still running after this long is stopped and fails.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub operation_deadline: Duration,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self { max_concurrent_operations: default_concurrency(), operation_deadline: default_deadline() }
+    }
+}
+
+fn default_concurrency() -> usize {
+    16
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// First wait before reconnecting; doubles (with jitter) up to `max_backoff`.
+    #[serde(default = "default_min_backoff", with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_min_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum ProviderConfig {
+    /// The embedded simulated cloud.
+    Sim(byoc_provider_sim::SimConfig),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let cfg: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if cfg.executor.max_concurrent_operations == 0 || cfg.executor.max_concurrent_operations > 1024 {
+            return Err(invalid("executor.max_concurrent_operations must be between 1 and 1024".into()));
+        }
+        if cfg.executor.operation_deadline < Duration::from_secs(1) {
+            return Err(invalid("executor.operation_deadline must be at least 1s".into()));
+        }
+        if cfg.connection.min_backoff.is_zero() || cfg.connection.max_backoff < cfg.connection.min_backoff {
+            return Err(invalid("connection.min_backoff must be above 0 and at most connection.max_backoff".into()));
+        }
+        let t = &cfg.target;
+        if t.cloud.is_empty() || t.account.is_empty() || t.region.is_empty() {
+            return Err(invalid("target.cloud, target.account and target.region must not be empty".into()));
+        }
+        match &cfg.provider {
+            ProviderConfig::Sim(_) if t.cloud != "sim" => {
+                return Err(invalid(format!("provider.sim serves target.cloud = \"sim\", not {:?}", t.cloud)));
+            }
+            ProviderConfig::Sim(_) => {}
+        }
+        Ok(cfg)
+    }
+}

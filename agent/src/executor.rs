@@ -1,0 +1,302 @@
+//! The executor: runs verified operations through the provider, with bounded
+//! concurrency, a deadline, cancellation, retries of throttled and transient
+//! errors, progress reports, and an audit record before every cloud call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use byoc_audit::{AuditLog, Event};
+use byoc_proto::agent::v1::{self as pb, AgentMessage, OperationProgress, OperationResult, Outcome, agent_message};
+use byoc_provider::{CallContext, CallHooks, Outputs, Plan, PlanSummary, Provider, ProviderCall, ProviderError};
+use serde_json::json;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::checks::{Action, Verified};
+use crate::outbox::{Cmd, Outbox};
+use crate::session::SessionSender;
+
+/// Retries of one provider step on throttling or transient errors.
+const MAX_RETRIES: usize = 8;
+
+pub struct Executor {
+    provider: Arc<dyn Provider>,
+    audit: AuditLog,
+    outbox: Outbox,
+    session: SessionSender,
+    permits: Arc<Semaphore>,
+    deadline: Duration,
+    in_flight: Mutex<HashMap<String, CancellationToken>>,
+    fatal: mpsc::UnboundedSender<String>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Executor {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        audit: AuditLog,
+        outbox: Outbox,
+        session: SessionSender,
+        max_concurrent: usize,
+        deadline: Duration,
+        fatal: mpsc::UnboundedSender<String>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            provider,
+            audit,
+            outbox,
+            session,
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            deadline,
+            in_flight: Mutex::new(HashMap::new()),
+            fatal,
+        })
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_in_flight(&self, op_id: &str) -> bool {
+        self.in_flight().contains_key(op_id)
+    }
+
+    /// Ids of the operations accepted and not finished.
+    pub fn in_flight_ids(&self) -> Vec<String> {
+        self.in_flight().keys().cloned().collect()
+    }
+
+    /// Asks a running operation to stop. It ends as cancelled at its next await.
+    pub fn cancel(&self, op_id: &str) -> bool {
+        match self.in_flight().get(op_id) {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `v` in the background. Its acceptance is already durable.
+    pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool) {
+        let token = CancellationToken::new();
+        self.in_flight().insert(v.op.id.clone(), token.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = v.op.id.clone();
+            this.run(v, resumed, token).await;
+            this.in_flight().remove(&id);
+        });
+    }
+
+    async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken) {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else { return };
+        let op_id = v.op.id.clone();
+        let started = Event::new(
+            if resumed { "operation.resumed" } else { "operation.started" },
+            Some(&op_id),
+            json!({ "action": v.action.as_str(), "kind": v.spec.kind().as_str(), "name": v.spec.name() }),
+        );
+        let (plan, outcome) = match self.audit.record(started).await {
+            Err(e) => (None, Err(ProviderError::Aborted { message: format!("audit log unavailable: {e}") })),
+            Ok(_) => {
+                let hooks = Hooks { audit: &self.audit, session: &self.session, op_id: &op_id, last: Mutex::new(None) };
+                let ctx = CallContext { operation_id: &op_id, idempotency_key: &v.op.idempotency_key, hooks: &hooks };
+                tokio::select! {
+                    r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
+                        Ok(r) => r,
+                        Err(_) => (None, Err(ProviderError::Aborted {
+                            message: format!("deadline of {} s exceeded", self.deadline.as_secs()),
+                        })),
+                    },
+                    _ = cancel.cancelled() => (None, Err(ProviderError::Aborted { message: "cancelled by the control plane".into() })),
+                }
+            }
+        };
+        let result = to_result(&v, plan, outcome, cancel.is_cancelled());
+        let finished = Event::new(
+            "operation.finished",
+            Some(&op_id),
+            json!({
+                "outcome": Outcome::try_from(result.outcome).map(|o| o.as_str_name()).unwrap_or("?"),
+                "resource_id": result.outputs.as_ref().map(|o| o.resource_id.clone()),
+                "problem": result.problem.as_ref().map(|p| json!({"code": p.code, "message": p.message})),
+            }),
+        );
+        // The outcome is recorded before the result can leave. If it cannot be,
+        // the agent stops; on restart the operation resumes from the journal and
+        // converges, and its result is recorded then.
+        if let Err(e) = self.audit.record(finished).await {
+            let _ = self.fatal.send(format!("cannot record the outcome of {op_id} in the audit log: {e}"));
+            return;
+        }
+        info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");
+        self.outbox.send(Cmd::Result(result));
+    }
+
+    /// Plans, then applies or deletes. Returns the plan and the outcome.
+    async fn execute(&self, ctx: &CallContext<'_>, v: &Verified) -> (Option<Plan>, Result<Option<Outputs>, ProviderError>) {
+        let p = &*self.provider;
+        let delete = v.action == Action::Delete;
+        ctx.hooks.progress("planning", "comparing desired with observed", Some(0));
+        let plan = match retry(|| p.plan(ctx, &v.spec, delete)).await {
+            Ok(plan) => plan,
+            Err(e) => return (None, Err(e)),
+        };
+        let outcome = match v.action {
+            Action::Plan => Ok(None),
+            Action::Apply if plan.summary == PlanSummary::Replace => Err(ProviderError::Conflict {
+                message: format!(
+                    "changing {} requires replacing the resource; the agent does not replace implicitly: delete it, then apply",
+                    plan.changes.iter().filter(|c| c.requires_replacement).map(|c| c.path.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+            Action::Apply => retry(|| p.apply(ctx, &v.spec)).await.map(Some),
+            Action::Delete => retry(|| p.delete(ctx, &v.spec)).await.map(Some),
+        };
+        (Some(plan), outcome)
+    }
+}
+
+/// Retries throttled and transient errors with jittered exponential backoff,
+/// honouring the cloud's retry-after.
+async fn retry<T, F, Fut>(f: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    f.retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(20))
+            .with_max_times(MAX_RETRIES)
+            .with_jitter(),
+    )
+    .sleep(tokio::time::sleep)
+    .when(ProviderError::is_retryable)
+    .adjust(|e, d| match e {
+        ProviderError::Throttled { retry_after: Some(ra) } => Some(d.map_or(*ra, |d| d.max(*ra))),
+        _ => d,
+    })
+    .notify(|e, d| warn!(error = %e, retry_in_ms = d.as_millis() as u64, "retrying provider call"))
+    .await
+}
+
+fn to_result(
+    v: &Verified,
+    plan: Option<Plan>,
+    outcome: Result<Option<Outputs>, ProviderError>,
+    cancelled: bool,
+) -> OperationResult {
+    let plan = plan.map(|p| plan_to_wire(&p)).unwrap_or_default();
+    let mut r = OperationResult {
+        result_seq: 0,
+        operation_id: v.op.id.clone(),
+        sequence: v.op.sequence,
+        outcome: Outcome::Succeeded as i32,
+        outputs: None,
+        plan,
+        problem: None,
+        finished_at_unix_ms: now_ms(),
+    };
+    match outcome {
+        Ok(out) => r.outputs = out.map(outputs_to_wire),
+        Err(e) => {
+            r.outcome = if cancelled { Outcome::Cancelled } else { Outcome::Failed } as i32;
+            let (field, retry_after_ms) = match &e {
+                ProviderError::InvalidSpec { field, .. } => (field.clone(), 0),
+                ProviderError::Throttled { retry_after } => (String::new(), retry_after.map_or(0, |d| d.as_millis() as u64)),
+                _ => (String::new(), 0),
+            };
+            r.problem = Some(pb::Problem {
+                code: if cancelled { "cancelled".into() } else { e.code().into() },
+                message: e.to_string(),
+                field,
+                rule: String::new(),
+                retry_after_ms,
+            });
+        }
+    }
+    r
+}
+
+pub fn plan_to_wire(p: &Plan) -> Vec<pb::Change> {
+    let kind = match p.summary {
+        PlanSummary::Create => "create",
+        PlanSummary::Update => "update",
+        PlanSummary::Replace => "replace",
+        PlanSummary::Delete => "delete",
+        PlanSummary::NoChange => "none",
+    };
+    p.changes
+        .iter()
+        .map(|c| pb::Change {
+            path: c.path.clone(),
+            from_json: c.from.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            to_json: c.to.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+            requires_replacement: c.requires_replacement,
+            kind: kind.to_string(),
+        })
+        .collect()
+}
+
+fn outputs_to_wire(o: Outputs) -> pb::Outputs {
+    pb::Outputs {
+        resource_id: o.resource_id,
+        status: o.status,
+        endpoints: o.endpoints.into_iter().collect(),
+        secret_refs: o.secret_refs.into_iter().collect(),
+        attributes: o.attributes.into_iter().collect(),
+    }
+}
+
+/// What a provider reaches of the agent during one operation.
+struct Hooks<'a> {
+    audit: &'a AuditLog,
+    session: &'a SessionSender,
+    op_id: &'a str,
+    /// Last progress sent: (phase, percent, when). Providers may report on every
+    /// poll; the control plane hears of a change of phase, of 5 points, or once
+    /// a second.
+    last: Mutex<Option<(String, i32, std::time::Instant)>>,
+}
+
+#[async_trait]
+impl CallHooks for Hooks<'_> {
+    async fn before_call(&self, call: &ProviderCall) -> Result<(), String> {
+        let ev = Event::new(
+            "provider.call",
+            Some(self.op_id),
+            json!({ "action": call.action, "resource": call.resource, "mutating": call.mutating }),
+        );
+        self.audit.record(ev).await.map(|_| ()).map_err(|e| format!("audit log unavailable: {e}"))
+    }
+
+    fn progress(&self, phase: &str, message: &str, percent: Option<u8>) {
+        let percent = percent.map_or(-1, i32::from);
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((p, pc, at)) = last.as_ref() {
+                if p == phase && (percent - pc).abs() < 5 && at.elapsed() < Duration::from_secs(1) {
+                    return;
+                }
+            }
+            *last = Some((phase.to_string(), percent, std::time::Instant::now()));
+        }
+        self.session.try_send(AgentMessage {
+            body: Some(agent_message::Body::Progress(OperationProgress {
+                operation_id: self.op_id.to_string(),
+                phase: phase.to_string(),
+                message: message.to_string(),
+                percent,
+            })),
+        });
+    }
+}

@@ -1,0 +1,131 @@
+//! The agent's identity on disk, made at enrollment:
+//!
+//! ```text
+//! <data_dir>/identity/
+//!   agent.key            private key (PKCS#8 PEM, mode 0600); never leaves the host
+//!   agent.der            client certificate issued by the control plane's CA
+//!   ca.der               the control plane's CA certificate, pinned at enrollment
+//!   operation-key.pub    raw Ed25519 public key that must sign every operation
+//!   enrollment.json      agent id, control plane URL, certificate expiry
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub agent_id: String,
+    pub control_plane: String,
+    pub certificate_not_after_unix_ms: i64,
+    /// When the current certificate was issued (for renewal at a third of its lifetime).
+    pub certificate_issued_unix_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("this agent is not enrolled (no {0}): run `byoc-agent enroll` first")]
+    NotEnrolled(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is damaged: {message}")]
+    Corrupt { path: PathBuf, message: String },
+}
+
+/// Everything needed to open a mutual-TLS session.
+pub struct Identity {
+    pub dir: PathBuf,
+    pub enrollment: Enrollment,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+    pub operation_key: Vec<u8>,
+}
+
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity")
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
+    std::fs::read(path).map_err(|source| IdentityError::Io { path: path.into(), source })
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
+/// of the directory), with `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
+    use std::io::Write;
+    let io = |source| IdentityError::Io { path: path.into(), source };
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    byoc_audit::wal::sync_dir(path).map_err(io)
+}
+
+impl Identity {
+    pub fn is_enrolled(data_dir: &Path) -> bool {
+        dir(data_dir).join("enrollment.json").exists()
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Self, IdentityError> {
+        let dir = dir(data_dir);
+        let enrollment_path = dir.join("enrollment.json");
+        if !enrollment_path.exists() {
+            return Err(IdentityError::NotEnrolled(enrollment_path));
+        }
+        let enrollment: Enrollment = serde_json::from_slice(&read(&enrollment_path)?)
+            .map_err(|e| IdentityError::Corrupt { path: enrollment_path.clone(), message: e.to_string() })?;
+        let key_path = dir.join("agent.key");
+        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
+            .map_err(|e| IdentityError::Corrupt { path: key_path.clone(), message: e.to_string() })?;
+        let operation_key = read(&dir.join("operation-key.pub"))?;
+        if operation_key.len() != 32 {
+            return Err(IdentityError::Corrupt {
+                path: dir.join("operation-key.pub"),
+                message: format!("{} bytes, expected a 32-byte Ed25519 public key", operation_key.len()),
+            });
+        }
+        Ok(Self {
+            cert: CertificateDer::from(read(&dir.join("agent.der"))?),
+            ca: CertificateDer::from(read(&dir.join("ca.der"))?),
+            key,
+            operation_key,
+            enrollment,
+            dir,
+        })
+    }
+
+    /// Stores a renewed certificate (and its key) in place of the current one.
+    pub fn store_renewal(&mut self, key_pem: &str, cert: Vec<u8>, not_after_ms: i64, now_ms: i64) -> Result<(), IdentityError> {
+        // Key first: a crash between the two leaves a key whose certificate is
+        // missing, which the next renewal fixes; never a certificate without its key.
+        write_atomic(&self.dir.join("agent.key.next"), key_pem.as_bytes(), 0o600)?;
+        write_atomic(&self.dir.join("agent.der.next"), &cert, 0o644)?;
+        let io = |path: &Path, source| IdentityError::Io { path: path.into(), source };
+        std::fs::rename(self.dir.join("agent.key.next"), self.dir.join("agent.key")).map_err(|e| io(&self.dir, e))?;
+        std::fs::rename(self.dir.join("agent.der.next"), self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
+        byoc_audit::wal::sync_dir(&self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
+        self.enrollment.certificate_not_after_unix_ms = not_after_ms;
+        self.enrollment.certificate_issued_unix_ms = now_ms;
+        self.save_enrollment()?;
+        let reloaded = Self::load(self.dir.parent().unwrap_or(Path::new(".")))?;
+        *self = reloaded;
+        Ok(())
+    }
+
+    pub fn save_enrollment(&self) -> Result<(), IdentityError> {
+        let bytes = serde_json::to_vec_pretty(&self.enrollment).unwrap_or_default();
+        write_atomic(&self.dir.join("enrollment.json"), &bytes, 0o644)
+    }
+
+    /// TLS client configuration: trust only the pinned CA, present our certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, byoc_proto::transport::TransportError> {
+        byoc_proto::transport::client_config(self.ca.clone(), Some((vec![self.cert.clone()], self.key.clone_key())))
+    }
+}

@@ -1,0 +1,176 @@
+//! `byoc-agent`: the agent daemon and its local CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use byoc_agent::config::Config;
+use clap::{Parser, Subcommand};
+
+/// The byoc agent: runs in your cloud account, dials out to a control plane over
+/// mutual TLS, checks and records every operation locally, and applies it.
+///
+/// Typical use: `enroll` once with a token from the control plane, then `run`.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll with a control plane using a single-use token; makes this agent's
+    /// key pair locally (the private key never leaves this host).
+    Enroll {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+        /// The token printed by `byoc-control token create` (or BYOC_ENROLL_TOKEN).
+        #[arg(long, env = "BYOC_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The control plane's URL, e.g. https://control.example.com:7443.
+        #[arg(long)]
+        control_plane: String,
+    },
+    /// Run the agent: connect out, receive operations, apply them.
+    Run {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Show connection state, certificate expiry and operations in flight.
+    Status {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Read and verify the local audit log (works offline, trusts nothing).
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute every hash of the audit log; exit code 1 names the first bad entry.
+    Verify {
+        /// The log file (default: DATA_DIR/audit.log from --config).
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Print audit entries, optionally of one operation only.
+    Show {
+        #[arg(long)]
+        op: Option<String>,
+        #[arg(long)]
+        log: Option<PathBuf>,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+}
+
+fn log_path(log: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
+    match log {
+        Some(p) => Ok(p),
+        None => Ok(Config::load(config)?.data_dir.join("audit.log")),
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Enroll { config, token, control_plane } => {
+            let cfg = Config::load(&config)?;
+            let e = runtime()?.block_on(byoc_agent::enroll::enroll(&cfg, &token, &control_plane))?;
+            println!("enrolled as {} with {}", e.agent_id, e.control_plane);
+            println!("client certificate valid until {}", fmt_ms(e.certificate_not_after_unix_ms));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            runtime()?.block_on(byoc_agent::run::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { config } => status(&Config::load(&config)?),
+        Cmd::Audit { cmd: AuditCmd::Verify { log, config } } => {
+            let path = log_path(log, &config)?;
+            match byoc_audit::verify::verify_file(&path) {
+                Ok(s) => {
+                    println!("audit log {} verifies: {} entries, head {}", path.display(), s.entries, s.head);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(f) => {
+                    println!("audit log {} does NOT verify: {f}", path.display());
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Cmd::Audit { cmd: AuditCmd::Show { op, log, config } } => {
+            let path = log_path(log, &config)?;
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            for (i, line) in text.lines().enumerate() {
+                let e: byoc_audit::Entry = serde_json::from_str(line)
+                    .with_context(|| format!("{} line {} is not an audit entry", path.display(), i + 1))?;
+                if op.as_deref().is_some_and(|o| e.op.as_deref() != Some(o)) {
+                    continue;
+                }
+                println!("{:>6} {} {:<22} {:<20} {}", e.seq, e.time, e.kind, e.op.as_deref().unwrap_or("-"), e.detail);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn fmt_ms(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)).to_string()
+}
+
+fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let path = byoc_agent::status::path(&cfg.data_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(_) => {
+            println!("not running (no {}); enrolled: {}", path.display(), byoc_agent::identity::Identity::is_enrolled(&cfg.data_dir));
+            return Ok(ExitCode::from(3));
+        }
+    };
+    let s: byoc_agent::status::Status = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let alive = Path::new(&format!("/proc/{}", s.pid)).exists() && s.connection != "stopped";
+    println!("agent:          {} (version {})", s.agent_id, s.version);
+    println!("process:        {}", if alive { format!("running, pid {}", s.pid) } else { "not running".to_string() });
+    println!("control plane:  {}", s.control_plane);
+    println!("connection:     {} since {}", if alive { s.connection.as_str() } else { "stopped" }, fmt_ms(s.since_unix_ms));
+    if let Some(e) = &s.last_error {
+        println!("last error:     {e}");
+    }
+    let left = (s.certificate_not_after_unix_ms - byoc_agent::executor::now_ms()) / 1000;
+    println!("certificate:    expires {} ({})", fmt_ms(s.certificate_not_after_unix_ms),
+        if left > 0 { format!("in {}", humantime::format_duration(std::time::Duration::from_secs(left as u64))) } else { "EXPIRED".into() });
+    println!("in flight:      {}", if s.operations_in_flight.is_empty() { "none".to_string() } else { s.operations_in_flight.join(", ") });
+    println!("unacked results: {}", s.results_unacknowledged);
+    Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(3) })
+}

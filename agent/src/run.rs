@@ -1,0 +1,305 @@
+//! `byoc-agent run`: opens the audit log and journal, resumes unfinished
+//! operations, and keeps one session with the control plane alive, reconnecting
+//! with capped, jittered exponential backoff.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::BackoffBuilder as _;
+use byoc_audit::{AuditLog, Event};
+use byoc_proto::agent::v1::agent_service_client::AgentServiceClient;
+use byoc_proto::agent::v1::{OperationResult, Outcome};
+use byoc_provider::Provider;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{error, info, warn};
+
+use crate::checks::{self, Refusal, Verified};
+use crate::config::{Config, ProviderConfig};
+use crate::executor::{Executor, now_ms};
+use crate::identity::Identity;
+use crate::journal::Journal;
+use crate::outbox::{Cmd, Outbox, OutboxStats};
+use crate::session::{self, SessionSender};
+use crate::status::{Status, StatusHandle};
+
+/// The running agent: what every task shares.
+pub struct Agent {
+    pub cfg: Config,
+    pub agent_id: String,
+    pub operation_key: Vec<u8>,
+    pub audit: AuditLog,
+    pub journal: Journal,
+    pub outbox: Outbox,
+    pub executor: Arc<Executor>,
+    pub session: SessionSender,
+    pub status: StatusHandle,
+    identity: Mutex<Identity>,
+    highest_seq: AtomicU64,
+    outbox_stats: tokio::sync::watch::Receiver<OutboxStats>,
+}
+
+impl Agent {
+    pub fn highest_seq(&self) -> u64 {
+        self.highest_seq.load(Ordering::Acquire)
+    }
+
+    pub fn set_highest_seq(&self, seq: u64) {
+        self.highest_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    pub fn outbox_stats(&self) -> OutboxStats {
+        *self.outbox_stats.borrow()
+    }
+
+    fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
+        self.identity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn control_plane_url(&self) -> String {
+        self.cfg.control_plane.clone().unwrap_or_else(|| self.identity().enrollment.control_plane.clone())
+    }
+
+    pub fn identity_client_config(&self) -> Result<rustls::ClientConfig, byoc_proto::transport::TransportError> {
+        self.identity().client_config()
+    }
+
+    /// How often to check whether the certificate is due for renewal.
+    pub fn renew_check_interval(&self) -> Duration {
+        let e = &self.identity().enrollment;
+        let lifetime = (e.certificate_not_after_unix_ms - e.certificate_issued_unix_ms).max(10_000) as u64;
+        Duration::from_millis((lifetime / 20).clamp(500, 60_000))
+    }
+
+    /// Renews the client certificate once two thirds of its lifetime have passed.
+    pub async fn maybe_renew(&self, client: &mut AgentServiceClient<Channel>) {
+        let (issued, not_after) = {
+            let e = &self.identity().enrollment;
+            (e.certificate_issued_unix_ms, e.certificate_not_after_unix_ms)
+        };
+        let now = now_ms();
+        if now < issued + (not_after - issued) * 2 / 3 {
+            return;
+        }
+        match session::renew(client).await {
+            Ok((key_pem, resp)) => {
+                let stored = self.identity().store_renewal(&key_pem, resp.certificate_der, resp.certificate_not_after_unix_ms, now);
+                match stored {
+                    Ok(()) => {
+                        info!(not_after_unix_ms = resp.certificate_not_after_unix_ms, "client certificate renewed");
+                        self.status.update(|s| s.certificate_not_after_unix_ms = resp.certificate_not_after_unix_ms);
+                        let _ = self
+                            .audit
+                            .record(Event::new("certificate.renewed", None, json!({ "not_after_unix_ms": resp.certificate_not_after_unix_ms })))
+                            .await;
+                    }
+                    Err(e) => error!(error = %e, "cannot store the renewed certificate"),
+                }
+            }
+            Err(e) => warn!(error = %e, "certificate renewal failed; will retry"),
+        }
+    }
+
+    /// Refuses an operation: audited, then answered through the outbox.
+    pub async fn refuse(&self, op: &byoc_proto::agent::v1::Operation, refusal: Refusal) -> Result<(), String> {
+        warn!(op = %op.id, code = refusal.code, rule = refusal.rule, message = %refusal.message, "operation refused");
+        self.audit
+            .record(Event::new(
+                "operation.refused",
+                Some(&op.id),
+                json!({ "sequence": op.sequence, "code": refusal.code, "rule": refusal.rule, "message": refusal.message, "field": refusal.field }),
+            ))
+            .await
+            .map_err(|e| e.to_string())?;
+        // A replayed sequence must not move the high-water mark; anything else
+        // refused is done with, so it is never sent again.
+        if refusal.code != "replayed" && op.sequence > self.highest_seq() {
+            self.journal.seen(op.sequence).await.map_err(|e| e.to_string())?;
+            self.set_highest_seq(op.sequence);
+        }
+        self.outbox.send(Cmd::Result(OperationResult {
+            result_seq: 0,
+            operation_id: op.id.clone(),
+            sequence: op.sequence,
+            outcome: Outcome::Refused as i32,
+            outputs: None,
+            plan: Vec::new(),
+            problem: Some(refusal.to_problem()),
+            finished_at_unix_ms: now_ms(),
+        }));
+        Ok(())
+    }
+}
+
+fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
+    Ok(match &cfg.provider {
+        ProviderConfig::Sim(sim) => Arc::new(byoc_provider_sim::SimCloud::open(sim.clone()).context("opening the simulated cloud")?),
+    })
+}
+
+/// Runs the agent until SIGINT/SIGTERM or a fatal error.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let data = cfg.data_dir.clone();
+    let identity = Identity::load(&data)?;
+    let audit = AuditLog::open(&data.join("audit.log"))?;
+    let (journal, replayed) = Journal::open(&data.join("journal.log"))?;
+    let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
+    let (outbox, outbox_stats) = Outbox::start(
+        journal.clone(),
+        replayed.outbox.clone(),
+        replayed.acked_result_seq,
+        replayed.highest_result_seq,
+        fatal_tx.clone(),
+    );
+    let session = SessionSender::default();
+    let executor = Executor::new(
+        provider(&cfg)?,
+        audit.clone(),
+        outbox.clone(),
+        session.clone(),
+        cfg.executor.max_concurrent_operations,
+        cfg.executor.operation_deadline,
+        fatal_tx.clone(),
+    );
+    let status = StatusHandle::start(
+        &data,
+        Status {
+            pid: std::process::id(),
+            agent_id: identity.enrollment.agent_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            control_plane: cfg.control_plane.clone().unwrap_or_else(|| identity.enrollment.control_plane.clone()),
+            connection: "connecting".into(),
+            since_unix_ms: now_ms(),
+            certificate_not_after_unix_ms: identity.enrollment.certificate_not_after_unix_ms,
+            results_unacknowledged: replayed.outbox.len(),
+            ..Default::default()
+        },
+    );
+    let agent = Arc::new(Agent {
+        agent_id: identity.enrollment.agent_id.clone(),
+        operation_key: identity.operation_key.clone(),
+        identity: Mutex::new(identity),
+        highest_seq: AtomicU64::new(replayed.highest_op_seq),
+        cfg,
+        audit,
+        journal,
+        outbox,
+        executor,
+        session,
+        status,
+        outbox_stats,
+    });
+    agent
+        .audit
+        .record(Event::new(
+            "agent.started",
+            None,
+            json!({ "version": env!("CARGO_PKG_VERSION"), "resuming": replayed.pending.len(), "unacknowledged_results": replayed.outbox.len() }),
+        ))
+        .await?;
+
+    // Resume what was accepted and not finished: the provider converges.
+    for op in replayed.pending {
+        let Some(kind) = checks::kind(op.kind) else { continue };
+        let action = match byoc_proto::agent::v1::Action::try_from(op.action) {
+            Ok(byoc_proto::agent::v1::Action::Plan) => checks::Action::Plan,
+            Ok(byoc_proto::agent::v1::Action::Apply) => checks::Action::Apply,
+            Ok(byoc_proto::agent::v1::Action::Delete) => checks::Action::Delete,
+            _ => continue,
+        };
+        match byoc_provider::ResourceSpec::from_json(kind, &op.spec_json) {
+            Ok(spec) => {
+                info!(op = %op.id, "resuming operation");
+                agent.executor.spawn(Verified { op, action, spec }, true);
+            }
+            Err(e) => error!(op = %op.id, error = %e, "cannot resume: the journaled spec no longer validates"),
+        }
+    }
+
+    // Keep the status file's in-flight list current.
+    {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let ids = agent.executor.in_flight_ids();
+                let unacked = agent.outbox_stats().unacked;
+                agent.status.update(|s| {
+                    s.operations_in_flight = ids;
+                    s.results_unacknowledged = unacked;
+                });
+            }
+        });
+    }
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        });
+    }
+    let conn = agent.clone();
+    let conn_shutdown = shutdown.clone();
+    let connection = tokio::spawn(async move { connection_loop(&conn, &conn_shutdown).await });
+
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        Some(reason) = fatal_rx.recv() => Err(anyhow::anyhow!(reason)),
+    };
+    shutdown.cancel();
+    let _ = connection.await;
+    agent.status.update(|s| s.connection = "stopped".into());
+    agent.status.write(&crate::status::path(&agent.cfg.data_dir));
+    let _ = agent.audit.record(Event::new("agent.stopped", None, json!({ "error": outcome.as_ref().err().map(|e| e.to_string()) }))).await;
+    outcome
+}
+
+async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
+    let c = &agent.cfg.connection;
+    let builder = backon::ExponentialBuilder::default()
+        .with_min_delay(c.min_backoff)
+        .with_max_delay(c.max_backoff)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = builder.build();
+    while !shutdown.is_cancelled() {
+        let mut connected = false;
+        let result = session::run_session(agent, shutdown, &mut connected).await;
+        if connected {
+            backoff = builder.build();
+        }
+        let error = match result {
+            Ok(session::Ended::Shutdown) => return,
+            Ok(session::Ended::ByControlPlane) => "control plane closed the session".to_string(),
+            Err(e) => e.to_string(),
+        };
+        let wait = backoff.next().unwrap_or(c.max_backoff);
+        warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "disconnected from the control plane");
+        agent.status.update(|s| {
+            s.connection = "disconnected".into();
+            s.since_unix_ms = now_ms();
+            s.last_error = Some(error.clone());
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
+}
