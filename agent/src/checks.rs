@@ -43,7 +43,12 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: &'static str, rule: &'static str, message: impl Into<String>) -> Self {
-        Self { code, rule, message: message.into(), field: String::new() }
+        Self {
+            code,
+            rule,
+            message: message.into(),
+            field: String::new(),
+        }
     }
 
     pub fn to_problem(&self) -> pb::Problem {
@@ -75,14 +80,20 @@ impl Checker<'_> {
             return Err(Refusal::new(
                 "wrong_target",
                 "agent_id",
-                format!("operation is addressed to agent {:?}, this is {}", op.agent_id, self.agent_id),
+                format!(
+                    "operation is addressed to agent {:?}, this is {}",
+                    op.agent_id, self.agent_id
+                ),
             ));
         }
         if op.sequence <= self.highest_seq {
             return Err(Refusal::new(
                 "replayed",
                 "sequence",
-                format!("sequence {} is not above {} already recorded", op.sequence, self.highest_seq),
+                format!(
+                    "sequence {} is not above {} already recorded",
+                    op.sequence, self.highest_seq
+                ),
             ));
         }
         if op.not_after_unix_ms <= self.now_ms {
@@ -108,7 +119,11 @@ impl Checker<'_> {
             Ok(pb::Action::Apply) => Action::Apply,
             Ok(pb::Action::Delete) => Action::Delete,
             _ => {
-                return Err(Refusal::new("invalid_spec", "action", format!("action {} is not plan, apply or delete", op.action)));
+                return Err(Refusal::new(
+                    "invalid_spec",
+                    "action",
+                    format!("action {} is not plan, apply or delete", op.action),
+                ));
             }
         };
         let kind = kind(op.kind).ok_or_else(|| {

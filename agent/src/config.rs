@@ -44,7 +44,10 @@ pub struct ExecutorConfig {
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        Self { max_concurrent_operations: default_concurrency(), operation_deadline: default_deadline() }
+        Self {
+            max_concurrent_operations: default_concurrency(),
+            operation_deadline: default_deadline(),
+        }
     }
 }
 
@@ -104,25 +107,40 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
         let cfg: Config = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         if cfg.executor.max_concurrent_operations == 0 || cfg.executor.max_concurrent_operations > 1024 {
-            return Err(invalid("executor.max_concurrent_operations must be between 1 and 1024".into()));
+            return Err(invalid(
+                "executor.max_concurrent_operations must be between 1 and 1024".into(),
+            ));
         }
         if cfg.executor.operation_deadline < Duration::from_secs(1) {
             return Err(invalid("executor.operation_deadline must be at least 1s".into()));
         }
         if cfg.connection.min_backoff.is_zero() || cfg.connection.max_backoff < cfg.connection.min_backoff {
-            return Err(invalid("connection.min_backoff must be above 0 and at most connection.max_backoff".into()));
+            return Err(invalid(
+                "connection.min_backoff must be above 0 and at most connection.max_backoff".into(),
+            ));
         }
         let t = &cfg.target;
         if t.cloud.is_empty() || t.account.is_empty() || t.region.is_empty() {
-            return Err(invalid("target.cloud, target.account and target.region must not be empty".into()));
+            return Err(invalid(
+                "target.cloud, target.account and target.region must not be empty".into(),
+            ));
         }
         match &cfg.provider {
             ProviderConfig::Sim(_) if t.cloud != "sim" => {
-                return Err(invalid(format!("provider.sim serves target.cloud = \"sim\", not {:?}", t.cloud)));
+                return Err(invalid(format!(
+                    "provider.sim serves target.cloud = \"sim\", not {:?}",
+                    t.cloud
+                )));
             }
             ProviderConfig::Sim(_) => {}
         }

@@ -14,15 +14,23 @@ pub enum ConnectError {
     #[error("control plane URL {url:?} is not valid: {reason}")]
     BadUrl { url: String, reason: String },
     #[error("cannot reach the control plane at {url}: {source}")]
-    Unreachable { url: String, source: tonic::transport::Error },
+    Unreachable {
+        url: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// Host and port of an `https://host:port` URL.
 pub fn parse_url(url: &str) -> Result<(String, u16), ConnectError> {
-    let bad = |reason: &str| ConnectError::BadUrl { url: url.to_string(), reason: reason.to_string() };
+    let bad = |reason: &str| ConnectError::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
     let uri: Uri = url.parse().map_err(|_| bad("expected https://host:port"))?;
     if uri.scheme_str() != Some("https") {
-        return Err(bad("the scheme must be https: the agent never talks to a control plane in plaintext"));
+        return Err(bad(
+            "the scheme must be https: the agent never talks to a control plane in plaintext",
+        ));
     }
     let host = uri.host().ok_or_else(|| bad("no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
@@ -33,13 +41,18 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ConnectError> {
 /// first use and fails fast when the control plane is down.
 pub async fn channel(url: &str, tls: rustls::ClientConfig, connect_timeout: Duration) -> Result<Channel, ConnectError> {
     let (host, port) = parse_url(url)?;
-    let server_name = ServerName::try_from(host.clone())
-        .map_err(|_| ConnectError::BadUrl { url: url.to_string(), reason: "host is not a DNS name or IP address".into() })?;
+    let server_name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::BadUrl {
+        url: url.to_string(),
+        reason: "host is not a DNS name or IP address".into(),
+    })?;
     let connector = TlsConnector::from(Arc::new(tls));
     // The endpoint's own URI is only a label: the connector below dials and
     // does TLS itself, with our configuration.
     let endpoint = Endpoint::from_shared(format!("http://{}", authority(&host, port)))
-        .map_err(|e| ConnectError::BadUrl { url: url.to_string(), reason: e.to_string() })?
+        .map_err(|e| ConnectError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })?
         .connect_timeout(connect_timeout)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
@@ -58,9 +71,16 @@ pub async fn channel(url: &str, tls: rustls::ClientConfig, connect_timeout: Dura
             }
         }))
         .await
-        .map_err(|source| ConnectError::Unreachable { url: url.to_string(), source })
+        .map_err(|source| ConnectError::Unreachable {
+            url: url.to_string(),
+            source,
+        })
 }
 
 fn authority(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }

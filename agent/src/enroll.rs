@@ -24,7 +24,9 @@ pub struct Token {
 pub fn parse_token(token: &str) -> anyhow::Result<Token> {
     let mut parts = token.trim().splitn(3, '.');
     let (Some("byoc1"), Some(fp), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
-        bail!("this is not an enrollment token: expected byoc1.<ca-sha256>.<secret>, as printed by `byoc-control token create`");
+        bail!(
+            "this is not an enrollment token: expected byoc1.<ca-sha256>.<secret>, as printed by `byoc-control token create`"
+        );
     };
     let mut ca_fingerprint = [0u8; 32];
     hex::decode_to_slice(fp, &mut ca_fingerprint)
@@ -32,7 +34,10 @@ pub fn parse_token(token: &str) -> anyhow::Result<Token> {
     if secret.is_empty() {
         bail!("the token has no secret part: was it cut short?");
     }
-    Ok(Token { ca_fingerprint, secret: secret.to_string() })
+    Ok(Token {
+        ca_fingerprint,
+        secret: secret.to_string(),
+    })
 }
 
 /// A PKCS#10 request for `key`. The control plane sets the subject itself.
@@ -68,7 +73,11 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         .enroll(EnrollRequest {
             token: token.secret.clone(),
             csr_der: csr(&key)?,
-            target: Some(Target { cloud: t.cloud.clone(), account: t.account.clone(), region: t.region.clone() }),
+            target: Some(Target {
+                cloud: t.cloud.clone(),
+                account: t.account.clone(),
+                region: t.region.clone(),
+            }),
             hostname: hostname(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
         })
@@ -79,12 +88,19 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         bail!("the control plane returned a CA other than the one the token pins; refusing it");
     }
     if resp.operation_signing_public_key.len() != 32 {
-        bail!("the control plane returned an operation key of {} bytes, not an Ed25519 key", resp.operation_signing_public_key.len());
+        bail!(
+            "the control plane returned an operation key of {} bytes, not an Ed25519 key",
+            resp.operation_signing_public_key.len()
+        );
     }
     write_atomic(&dir.join("agent.key"), key.serialize_pem().as_bytes(), 0o600)?;
     write_atomic(&dir.join("agent.der"), &resp.certificate_der, 0o644)?;
     write_atomic(&dir.join("ca.der"), &resp.ca_certificate_der, 0o644)?;
-    write_atomic(&dir.join("operation-key.pub"), &resp.operation_signing_public_key, 0o644)?;
+    write_atomic(
+        &dir.join("operation-key.pub"),
+        &resp.operation_signing_public_key,
+        0o644,
+    )?;
     let enrollment = Enrollment {
         agent_id: resp.agent_id.clone(),
         control_plane: control_plane.to_string(),
@@ -92,7 +108,11 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         certificate_issued_unix_ms: now_ms(),
     };
     // enrollment.json last: its presence means the identity is complete.
-    write_atomic(&dir.join("enrollment.json"), &serde_json::to_vec_pretty(&enrollment)?, 0o644)?;
+    write_atomic(
+        &dir.join("enrollment.json"),
+        &serde_json::to_vec_pretty(&enrollment)?,
+        0o644,
+    )?;
     let audit = AuditLog::open(&data.join("audit.log"))?;
     audit
         .record(Event::new(
@@ -121,5 +141,7 @@ fn create_private_dir(p: &Path) -> anyhow::Result<()> {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

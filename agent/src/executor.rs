@@ -35,7 +35,9 @@ pub struct Executor {
 }
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Executor {
@@ -97,18 +99,38 @@ impl Executor {
     }
 
     async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken) {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else { return };
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
         let op_id = v.op.id.clone();
         let started = Event::new(
-            if resumed { "operation.resumed" } else { "operation.started" },
+            if resumed {
+                "operation.resumed"
+            } else {
+                "operation.started"
+            },
             Some(&op_id),
             json!({ "action": v.action.as_str(), "kind": v.spec.kind().as_str(), "name": v.spec.name() }),
         );
         let (plan, outcome) = match self.audit.record(started).await {
-            Err(e) => (None, Err(ProviderError::Aborted { message: format!("audit log unavailable: {e}") })),
+            Err(e) => (
+                None,
+                Err(ProviderError::Aborted {
+                    message: format!("audit log unavailable: {e}"),
+                }),
+            ),
             Ok(_) => {
-                let hooks = Hooks { audit: &self.audit, session: &self.session, op_id: &op_id, last: Mutex::new(None) };
-                let ctx = CallContext { operation_id: &op_id, idempotency_key: &v.op.idempotency_key, hooks: &hooks };
+                let hooks = Hooks {
+                    audit: &self.audit,
+                    session: &self.session,
+                    op_id: &op_id,
+                    last: Mutex::new(None),
+                };
+                let ctx = CallContext {
+                    operation_id: &op_id,
+                    idempotency_key: &v.op.idempotency_key,
+                    hooks: &hooks,
+                };
                 tokio::select! {
                     r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
                         Ok(r) => r,
@@ -134,7 +156,9 @@ impl Executor {
         // the agent stops; on restart the operation resumes from the journal and
         // converges, and its result is recorded then.
         if let Err(e) = self.audit.record(finished).await {
-            let _ = self.fatal.send(format!("cannot record the outcome of {op_id} in the audit log: {e}"));
+            let _ = self
+                .fatal
+                .send(format!("cannot record the outcome of {op_id} in the audit log: {e}"));
             return;
         }
         info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");
@@ -142,10 +166,15 @@ impl Executor {
     }
 
     /// Plans, then applies or deletes. Returns the plan and the outcome.
-    async fn execute(&self, ctx: &CallContext<'_>, v: &Verified) -> (Option<Plan>, Result<Option<Outputs>, ProviderError>) {
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        v: &Verified,
+    ) -> (Option<Plan>, Result<Option<Outputs>, ProviderError>) {
         let p = &*self.provider;
         let delete = v.action == Action::Delete;
-        ctx.hooks.progress("planning", "comparing desired with observed", Some(0));
+        ctx.hooks
+            .progress("planning", "comparing desired with observed", Some(0));
         let plan = match retry(|| p.plan(ctx, &v.spec, delete)).await {
             Ok(plan) => plan,
             Err(e) => return (None, Err(e)),
@@ -155,7 +184,12 @@ impl Executor {
             Action::Apply if plan.summary == PlanSummary::Replace => Err(ProviderError::Conflict {
                 message: format!(
                     "changing {} requires replacing the resource; the agent does not replace implicitly: delete it, then apply",
-                    plan.changes.iter().filter(|c| c.requires_replacement).map(|c| c.path.as_str()).collect::<Vec<_>>().join(", ")
+                    plan.changes
+                        .iter()
+                        .filter(|c| c.requires_replacement)
+                        .map(|c| c.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }),
             Action::Apply => retry(|| p.apply(ctx, &v.spec)).await.map(Some),
@@ -212,7 +246,9 @@ fn to_result(
             r.outcome = if cancelled { Outcome::Cancelled } else { Outcome::Failed } as i32;
             let (field, retry_after_ms) = match &e {
                 ProviderError::InvalidSpec { field, .. } => (field.clone(), 0),
-                ProviderError::Throttled { retry_after } => (String::new(), retry_after.map_or(0, |d| d.as_millis() as u64)),
+                ProviderError::Throttled { retry_after } => {
+                    (String::new(), retry_after.map_or(0, |d| d.as_millis() as u64))
+                }
                 _ => (String::new(), 0),
             };
             r.problem = Some(pb::Problem {
@@ -276,7 +312,11 @@ impl CallHooks for Hooks<'_> {
             Some(self.op_id),
             json!({ "action": call.action, "resource": call.resource, "mutating": call.mutating }),
         );
-        self.audit.record(ev).await.map(|_| ()).map_err(|e| format!("audit log unavailable: {e}"))
+        self.audit
+            .record(ev)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("audit log unavailable: {e}"))
     }
 
     fn progress(&self, phase: &str, message: &str, percent: Option<u8>) {

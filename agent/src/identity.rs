@@ -48,14 +48,20 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    std::fs::read(path).map_err(|source| IdentityError::Io { path: path.into(), source })
+    std::fs::read(path).map_err(|source| IdentityError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
 /// of the directory), with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
     use std::io::Write;
-    let io = |source| IdentityError::Io { path: path.into(), source };
+    let io = |source| IdentityError::Io {
+        path: path.into(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -79,11 +85,16 @@ impl Identity {
         if !enrollment_path.exists() {
             return Err(IdentityError::NotEnrolled(enrollment_path));
         }
-        let enrollment: Enrollment = serde_json::from_slice(&read(&enrollment_path)?)
-            .map_err(|e| IdentityError::Corrupt { path: enrollment_path.clone(), message: e.to_string() })?;
+        let enrollment: Enrollment =
+            serde_json::from_slice(&read(&enrollment_path)?).map_err(|e| IdentityError::Corrupt {
+                path: enrollment_path.clone(),
+                message: e.to_string(),
+            })?;
         let key_path = dir.join("agent.key");
-        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?)
-            .map_err(|e| IdentityError::Corrupt { path: key_path.clone(), message: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&key_path)?).map_err(|e| IdentityError::Corrupt {
+            path: key_path.clone(),
+            message: e.to_string(),
+        })?;
         let operation_key = read(&dir.join("operation-key.pub"))?;
         if operation_key.len() != 32 {
             return Err(IdentityError::Corrupt {
@@ -102,12 +113,21 @@ impl Identity {
     }
 
     /// Stores a renewed certificate (and its key) in place of the current one.
-    pub fn store_renewal(&mut self, key_pem: &str, cert: Vec<u8>, not_after_ms: i64, now_ms: i64) -> Result<(), IdentityError> {
+    pub fn store_renewal(
+        &mut self,
+        key_pem: &str,
+        cert: Vec<u8>,
+        not_after_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), IdentityError> {
         // Key first: a crash between the two leaves a key whose certificate is
         // missing, which the next renewal fixes; never a certificate without its key.
         write_atomic(&self.dir.join("agent.key.next"), key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.dir.join("agent.der.next"), &cert, 0o644)?;
-        let io = |path: &Path, source| IdentityError::Io { path: path.into(), source };
+        let io = |path: &Path, source| IdentityError::Io {
+            path: path.into(),
+            source,
+        };
         std::fs::rename(self.dir.join("agent.key.next"), self.dir.join("agent.key")).map_err(|e| io(&self.dir, e))?;
         std::fs::rename(self.dir.join("agent.der.next"), self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
         byoc_audit::wal::sync_dir(&self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;

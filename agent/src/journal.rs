@@ -105,21 +105,40 @@ impl Journal {
             line(&Record::Ack { result_seq: acked }),
         ];
         for op in &st.pending {
-            compact.push(line(&Record::Op { b64: B64.encode(op.encode_to_vec()) }));
+            compact.push(line(&Record::Op {
+                b64: B64.encode(op.encode_to_vec()),
+            }));
         }
         for r in st.outbox.values() {
-            compact.push(line(&Record::Result { b64: B64.encode(r.encode_to_vec()) }));
+            compact.push(line(&Record::Result {
+                b64: B64.encode(r.encode_to_vec()),
+            }));
         }
         wal::rewrite(path, &compact)?;
-        Ok((Self { wal: Wal::open(path, Plain)? }, st))
+        Ok((
+            Self {
+                wal: Wal::open(path, Plain)?,
+            },
+            st,
+        ))
     }
 
     pub async fn accepted(&self, op: &Operation) -> Result<(), JournalError> {
-        Ok(self.wal.append(line(&Record::Op { b64: B64.encode(op.encode_to_vec()) })).await?)
+        Ok(self
+            .wal
+            .append(line(&Record::Op {
+                b64: B64.encode(op.encode_to_vec()),
+            }))
+            .await?)
     }
 
     pub async fn result(&self, r: &OperationResult) -> Result<(), JournalError> {
-        Ok(self.wal.append(line(&Record::Result { b64: B64.encode(r.encode_to_vec()) })).await?)
+        Ok(self
+            .wal
+            .append(line(&Record::Result {
+                b64: B64.encode(r.encode_to_vec()),
+            }))
+            .await?)
     }
 
     pub async fn acked(&self, result_seq: u64) -> Result<(), JournalError> {
@@ -136,7 +155,11 @@ mod tests {
     use super::*;
 
     fn op(seq: u64) -> Operation {
-        Operation { id: format!("op-{seq}"), sequence: seq, ..Default::default() }
+        Operation {
+            id: format!("op-{seq}"),
+            sequence: seq,
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -150,7 +173,12 @@ mod tests {
                 j.accepted(&op(s)).await.expect("accept");
             }
             for (rs, s) in [(1u64, 1u64), (2, 2)] {
-                let r = OperationResult { result_seq: rs, operation_id: format!("op-{s}"), sequence: s, ..Default::default() };
+                let r = OperationResult {
+                    result_seq: rs,
+                    operation_id: format!("op-{s}"),
+                    sequence: s,
+                    ..Default::default()
+                };
                 j.result(&r).await.expect("result");
             }
             j.acked(1).await.expect("ack");

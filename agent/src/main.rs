@@ -74,7 +74,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -88,7 +89,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn log_path(log: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
@@ -100,11 +104,18 @@ fn log_path(log: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Enroll { config, token, control_plane } => {
+        Cmd::Enroll {
+            config,
+            token,
+            control_plane,
+        } => {
             let cfg = Config::load(&config)?;
             let e = runtime()?.block_on(byoc_agent::enroll::enroll(&cfg, &token, &control_plane))?;
             println!("enrolled as {} with {}", e.agent_id, e.control_plane);
-            println!("client certificate valid until {}", fmt_ms(e.certificate_not_after_unix_ms));
+            println!(
+                "client certificate valid until {}",
+                fmt_ms(e.certificate_not_after_unix_ms)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Run { config } => {
@@ -113,11 +124,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
-        Cmd::Audit { cmd: AuditCmd::Verify { log, config } } => {
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { log, config },
+        } => {
             let path = log_path(log, &config)?;
             match byoc_audit::verify::verify_file(&path) {
                 Ok(s) => {
-                    println!("audit log {} verifies: {} entries, head {}", path.display(), s.entries, s.head);
+                    println!(
+                        "audit log {} verifies: {} entries, head {}",
+                        path.display(),
+                        s.entries,
+                        s.head
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(f) => {
@@ -126,7 +144,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Audit { cmd: AuditCmd::Show { op, log, config } } => {
+        Cmd::Audit {
+            cmd: AuditCmd::Show { op, log, config },
+        } => {
             let path = log_path(log, &config)?;
             let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
             for (i, line) in text.lines().enumerate() {
@@ -135,7 +155,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 if op.as_deref().is_some_and(|o| e.op.as_deref() != Some(o)) {
                     continue;
                 }
-                println!("{:>6} {} {:<22} {:<20} {}", e.seq, e.time, e.kind, e.op.as_deref().unwrap_or("-"), e.detail);
+                println!(
+                    "{:>6} {} {:<22} {:<20} {}",
+                    e.seq,
+                    e.time,
+                    e.kind,
+                    e.op.as_deref().unwrap_or("-"),
+                    e.detail
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,23 +181,56 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(_) => {
-            println!("not running (no {}); enrolled: {}", path.display(), byoc_agent::identity::Identity::is_enrolled(&cfg.data_dir));
+            println!(
+                "not running (no {}); enrolled: {}",
+                path.display(),
+                byoc_agent::identity::Identity::is_enrolled(&cfg.data_dir)
+            );
             return Ok(ExitCode::from(3));
         }
     };
-    let s: byoc_agent::status::Status = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let s: byoc_agent::status::Status =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let alive = Path::new(&format!("/proc/{}", s.pid)).exists() && s.connection != "stopped";
     println!("agent:          {} (version {})", s.agent_id, s.version);
-    println!("process:        {}", if alive { format!("running, pid {}", s.pid) } else { "not running".to_string() });
+    println!(
+        "process:        {}",
+        if alive {
+            format!("running, pid {}", s.pid)
+        } else {
+            "not running".to_string()
+        }
+    );
     println!("control plane:  {}", s.control_plane);
-    println!("connection:     {} since {}", if alive { s.connection.as_str() } else { "stopped" }, fmt_ms(s.since_unix_ms));
+    println!(
+        "connection:     {} since {}",
+        if alive { s.connection.as_str() } else { "stopped" },
+        fmt_ms(s.since_unix_ms)
+    );
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
     let left = (s.certificate_not_after_unix_ms - byoc_agent::executor::now_ms()) / 1000;
-    println!("certificate:    expires {} ({})", fmt_ms(s.certificate_not_after_unix_ms),
-        if left > 0 { format!("in {}", humantime::format_duration(std::time::Duration::from_secs(left as u64))) } else { "EXPIRED".into() });
-    println!("in flight:      {}", if s.operations_in_flight.is_empty() { "none".to_string() } else { s.operations_in_flight.join(", ") });
+    println!(
+        "certificate:    expires {} ({})",
+        fmt_ms(s.certificate_not_after_unix_ms),
+        if left > 0 {
+            format!(
+                "in {}",
+                humantime::format_duration(std::time::Duration::from_secs(left as u64))
+            )
+        } else {
+            "EXPIRED".into()
+        }
+    );
+    println!(
+        "in flight:      {}",
+        if s.operations_in_flight.is_empty() {
+            "none".to_string()
+        } else {
+            s.operations_in_flight.join(", ")
+        }
+    );
     println!("unacked results: {}", s.results_unacknowledged);
     Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -39,8 +39,18 @@ impl Outbox {
         fatal: mpsc::UnboundedSender<String>,
     ) -> (Self, tokio::sync::watch::Receiver<OutboxStats>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (stats_tx, stats_rx) = tokio::sync::watch::channel(OutboxStats { unacked: pending.len(), acked });
-        let task = Task { journal, pending, acked, next_seq: highest.max(acked) + 1, session: None, stats: stats_tx };
+        let (stats_tx, stats_rx) = tokio::sync::watch::channel(OutboxStats {
+            unacked: pending.len(),
+            acked,
+        });
+        let task = Task {
+            journal,
+            pending,
+            acked,
+            next_seq: highest.max(acked) + 1,
+            session: None,
+            stats: stats_tx,
+        };
         tokio::spawn(task.run(rx, fatal));
         (Self { tx }, stats_rx)
     }
@@ -67,7 +77,9 @@ struct Task {
 }
 
 fn message(r: &OperationResult) -> AgentMessage {
-    AgentMessage { body: Some(agent_message::Body::Result(r.clone())) }
+    AgentMessage {
+        body: Some(agent_message::Body::Result(r.clone())),
+    }
 }
 
 impl Task {
@@ -92,10 +104,7 @@ impl Task {
                     }
                 }
             }
-            let writes = results
-                .iter()
-                .map(|r| self.journal.result(r))
-                .collect::<Vec<_>>();
+            let writes = results.iter().map(|r| self.journal.result(r)).collect::<Vec<_>>();
             let ack_write = async {
                 match ack {
                     Some(n) => self.journal.acked(n).await.map(|()| Some(n)),
@@ -128,7 +137,10 @@ impl Task {
                 debug!(result_seq = r.result_seq, op = %r.operation_id, "result queued");
                 self.pending.insert(r.result_seq, r);
             }
-            let _ = self.stats.send(OutboxStats { unacked: self.pending.len(), acked: self.acked });
+            let _ = self.stats.send(OutboxStats {
+                unacked: self.pending.len(),
+                acked: self.acked,
+            });
         }
     }
 

@@ -61,7 +61,10 @@ impl Agent {
     }
 
     pub fn control_plane_url(&self) -> String {
-        self.cfg.control_plane.clone().unwrap_or_else(|| self.identity().enrollment.control_plane.clone())
+        self.cfg
+            .control_plane
+            .clone()
+            .unwrap_or_else(|| self.identity().enrollment.control_plane.clone())
     }
 
     pub fn identity_client_config(&self) -> Result<rustls::ClientConfig, byoc_proto::transport::TransportError> {
@@ -87,14 +90,27 @@ impl Agent {
         }
         match session::renew(client).await {
             Ok((key_pem, resp)) => {
-                let stored = self.identity().store_renewal(&key_pem, resp.certificate_der, resp.certificate_not_after_unix_ms, now);
+                let stored = self.identity().store_renewal(
+                    &key_pem,
+                    resp.certificate_der,
+                    resp.certificate_not_after_unix_ms,
+                    now,
+                );
                 match stored {
                     Ok(()) => {
-                        info!(not_after_unix_ms = resp.certificate_not_after_unix_ms, "client certificate renewed");
-                        self.status.update(|s| s.certificate_not_after_unix_ms = resp.certificate_not_after_unix_ms);
+                        info!(
+                            not_after_unix_ms = resp.certificate_not_after_unix_ms,
+                            "client certificate renewed"
+                        );
+                        self.status
+                            .update(|s| s.certificate_not_after_unix_ms = resp.certificate_not_after_unix_ms);
                         let _ = self
                             .audit
-                            .record(Event::new("certificate.renewed", None, json!({ "not_after_unix_ms": resp.certificate_not_after_unix_ms })))
+                            .record(Event::new(
+                                "certificate.renewed",
+                                None,
+                                json!({ "not_after_unix_ms": resp.certificate_not_after_unix_ms }),
+                            ))
                             .await;
                     }
                     Err(e) => error!(error = %e, "cannot store the renewed certificate"),
@@ -137,7 +153,9 @@ impl Agent {
 
 fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(match &cfg.provider {
-        ProviderConfig::Sim(sim) => Arc::new(byoc_provider_sim::SimCloud::open(sim.clone()).context("opening the simulated cloud")?),
+        ProviderConfig::Sim(sim) => {
+            Arc::new(byoc_provider_sim::SimCloud::open(sim.clone()).context("opening the simulated cloud")?)
+        }
     })
 }
 
@@ -171,7 +189,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             pid: std::process::id(),
             agent_id: identity.enrollment.agent_id.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
-            control_plane: cfg.control_plane.clone().unwrap_or_else(|| identity.enrollment.control_plane.clone()),
+            control_plane: cfg
+                .control_plane
+                .clone()
+                .unwrap_or_else(|| identity.enrollment.control_plane.clone()),
             connection: "connecting".into(),
             since_unix_ms: now_ms(),
             certificate_not_after_unix_ms: identity.enrollment.certificate_not_after_unix_ms,
@@ -257,7 +278,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _ = connection.await;
     agent.status.update(|s| s.connection = "stopped".into());
     agent.status.write(&crate::status::path(&agent.cfg.data_dir));
-    let _ = agent.audit.record(Event::new("agent.stopped", None, json!({ "error": outcome.as_ref().err().map(|e| e.to_string()) }))).await;
+    let _ = agent
+        .audit
+        .record(Event::new(
+            "agent.stopped",
+            None,
+            json!({ "error": outcome.as_ref().err().map(|e| e.to_string()) }),
+        ))
+        .await;
     outcome
 }
 
@@ -296,7 +324,9 @@ async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else { return std::future::pending().await };
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -81,22 +81,40 @@ pub async fn run_session(
     let hello = Hello {
         agent_id: agent.agent_id.clone(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        target: Some(Target { cloud: t.cloud.clone(), account: t.account.clone(), region: t.region.clone() }),
+        target: Some(Target {
+            cloud: t.cloud.clone(),
+            account: t.account.clone(),
+            region: t.region.clone(),
+        }),
         capabilities: capabilities(),
         last_acked_result_seq: agent.outbox_stats().acked,
         highest_operation_sequence: agent.highest_seq(),
     };
-    let _ = tx.send(AgentMessage { body: Some(agent_message::Body::Hello(hello)) }).await;
-    let mut inbound = client.connect(ReceiverStream::new(rx)).await.map_err(SessionError::Refused)?.into_inner();
+    let _ = tx
+        .send(AgentMessage {
+            body: Some(agent_message::Body::Hello(hello)),
+        })
+        .await;
+    let mut inbound = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .map_err(SessionError::Refused)?
+        .into_inner();
     let welcome = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
         Err(_) => return Err(SessionError::Protocol("no welcome within 10 s".into())),
         Ok(Err(s)) => return Err(SessionError::Refused(s)),
-        Ok(Ok(Some(ControlMessage { body: Some(control_message::Body::Welcome(w)) }))) => w,
+        Ok(Ok(Some(ControlMessage {
+            body: Some(control_message::Body::Welcome(w)),
+        }))) => w,
         Ok(Ok(_)) => return Err(SessionError::Protocol("the first message was not a welcome".into())),
     };
     agent
         .audit
-        .record(Event::new("session.connected", None, json!({ "control_plane": url, "control_plane_id": welcome.control_plane_id })))
+        .record(Event::new(
+            "session.connected",
+            None,
+            json!({ "control_plane": url, "control_plane_id": welcome.control_plane_id }),
+        ))
         .await
         .map_err(|e| SessionError::Durable(e.to_string()))?;
     *connected = true;
@@ -141,15 +159,26 @@ pub async fn run_session(
         Ok(Ended::ByControlPlane) => "control plane closed the session".to_string(),
         Err(e) => e.to_string(),
     };
-    let _ = agent.audit.record(Event::new("session.disconnected", None, json!({ "reason": reason }))).await;
+    let _ = agent
+        .audit
+        .record(Event::new("session.disconnected", None, json!({ "reason": reason })))
+        .await;
     result
 }
 
 fn capabilities() -> Vec<String> {
-    ["action:plan", "action:apply", "action:delete", "resource:cluster", "resource:node_pool", "resource:sandbox", "resource:database"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        "action:plan",
+        "action:apply",
+        "action:delete",
+        "resource:cluster",
+        "resource:node_pool",
+        "resource:sandbox",
+        "resource:database",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Handles one decoded control-plane message.
@@ -186,8 +215,13 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                     a.map_err(|e| SessionError::Durable(e.to_string()))?;
                     j.map_err(|e| SessionError::Durable(e.to_string()))?;
                     agent.set_highest_seq(seq);
-                    let accepted = OperationAccepted { operation_id: op_id, sequence: seq };
-                    let _ = tx.try_send(AgentMessage { body: Some(agent_message::Body::Accepted(accepted)) });
+                    let accepted = OperationAccepted {
+                        operation_id: op_id,
+                        sequence: seq,
+                    };
+                    let _ = tx.try_send(AgentMessage {
+                        body: Some(agent_message::Body::Accepted(accepted)),
+                    });
                     agent.executor.spawn(v, false);
                 }
                 Err(refusal) => agent.refuse(&op, refusal).await.map_err(SessionError::Durable)?,
@@ -197,7 +231,11 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
             let found = agent.executor.cancel(&c.operation_id);
             let _ = agent
                 .audit
-                .record(Event::new("operation.cancel_requested", Some(&c.operation_id), json!({ "reason": c.reason, "running": found })))
+                .record(Event::new(
+                    "operation.cancel_requested",
+                    Some(&c.operation_id),
+                    json!({ "reason": c.reason, "running": found }),
+                ))
                 .await;
         }
         Some(control_message::Body::ResultAck(a)) => agent.outbox.send(Cmd::Ack(a.result_seq)),
@@ -215,6 +253,10 @@ pub async fn renew(
 ) -> Result<(String, byoc_proto::agent::v1::RenewResponse), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let csr = crate::enroll::csr(&key).map_err(|e| e.to_string())?;
-    let resp = client.renew(RenewRequest { csr_der: csr }).await.map_err(|s| s.message().to_string())?.into_inner();
+    let resp = client
+        .renew(RenewRequest { csr_der: csr })
+        .await
+        .map_err(|s| s.message().to_string())?
+        .into_inner();
     Ok((key.serialize_pem(), resp))
 }

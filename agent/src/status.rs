@@ -38,7 +38,10 @@ pub fn path(data_dir: &Path) -> PathBuf {
 impl StatusHandle {
     /// Starts the writer task for `data_dir/status.json`.
     pub fn start(data_dir: &Path, initial: Status) -> Self {
-        let handle = Self { inner: Arc::new(Mutex::new(initial)), dirty: Arc::new(Notify::new()) };
+        let handle = Self {
+            inner: Arc::new(Mutex::new(initial)),
+            dirty: Arc::new(Notify::new()),
+        };
         let h = handle.clone();
         let file = path(data_dir);
         tokio::spawn(async move {
@@ -68,7 +71,10 @@ impl StatusHandle {
             serde_json::to_vec_pretty(&*s).unwrap_or_default()
         };
         let tmp = file.with_extension("tmp");
-        if std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, file)).is_err() {
+        if std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .is_err()
+        {
             tracing::warn!(path = %file.display(), "cannot write the status file");
         }
     }

@@ -1,0 +1,33 @@
+# The two commands: `make demo` and `make test`. Also `make bench`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test bench build lint fmt clean
+
+## Build, start a control plane, enroll and run an agent, apply examples/plan.yaml
+## on the simulated cloud, verify the audit log, stop everything.
+demo:
+	./scripts/demo.sh
+
+## The whole test suite: formatting, lints, unit, integration and end-to-end tests.
+test:
+	./scripts/test.sh
+
+## Benchmarks (release build): dispatch latency, throughput, idle memory.
+bench:
+	$(CARGO) build --release --workspace --bins
+	$(CARGO) run --release -p byoc-tests --bin byoc-bench
+
+build:
+	$(CARGO) build --workspace --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-data

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a fresh checkout: everything it needs is
+# installed or built here (nothing is assumed to be set up by hand).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+
+echo "==> formatting"
+cargo fmt --all -- --check
+
+echo "==> lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> building the binaries the end-to-end tests run"
+cargo build --workspace --bins --locked
+
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 4
+  # nextest does not run doctests
+  cargo test --workspace --doc --locked
+else
+  cargo test --workspace --locked --no-fail-fast -- --test-threads 4
+fi
