@@ -162,7 +162,7 @@ impl Executor {
             return;
         }
         info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");
-        self.outbox.send(Cmd::Result(result));
+        self.outbox.send(Cmd::Result(Box::new(result)));
     }
 
     /// Plans, then applies or deletes. Returns the plan and the outcome.
@@ -323,10 +323,12 @@ impl CallHooks for Hooks<'_> {
         let percent = percent.map_or(-1, i32::from);
         {
             let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((p, pc, at)) = last.as_ref() {
-                if p == phase && (percent - pc).abs() < 5 && at.elapsed() < Duration::from_secs(1) {
-                    return;
-                }
+            if let Some((p, pc, at)) = last.as_ref()
+                && p == phase
+                && (percent - pc).abs() < 5
+                && at.elapsed() < Duration::from_secs(1)
+            {
+                return;
             }
             *last = Some((phase.to_string(), percent, std::time::Instant::now()));
         }

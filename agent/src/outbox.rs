@@ -16,7 +16,7 @@ use crate::journal::Journal;
 
 pub enum Cmd {
     /// A finished operation's result (its `result_seq` is assigned here).
-    Result(OperationResult),
+    Result(Box<OperationResult>),
     /// The control plane recorded every result up to this sequence.
     Ack(u64),
     /// A session started (Some) or ended (None).
@@ -90,7 +90,8 @@ impl Task {
             let mut ack = None;
             for cmd in batch.drain(..) {
                 match cmd {
-                    Cmd::Result(mut r) => {
+                    Cmd::Result(r) => {
+                        let mut r = *r;
                         r.result_seq = self.next_seq;
                         self.next_seq += 1;
                         results.push(r);
@@ -129,10 +130,10 @@ impl Task {
                 }
             }
             for r in results {
-                if let Some(s) = &self.session {
-                    if s.send(message(&r)).await.is_err() {
-                        self.session = None;
-                    }
+                if let Some(s) = &self.session
+                    && s.send(message(&r)).await.is_err()
+                {
+                    self.session = None;
                 }
                 debug!(result_seq = r.result_seq, op = %r.operation_id, "result queued");
                 self.pending.insert(r.result_seq, r);

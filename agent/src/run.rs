@@ -137,7 +137,7 @@ impl Agent {
             self.journal.seen(op.sequence).await.map_err(|e| e.to_string())?;
             self.set_highest_seq(op.sequence);
         }
-        self.outbox.send(Cmd::Result(OperationResult {
+        self.outbox.send(Cmd::Result(Box::new(OperationResult {
             result_seq: 0,
             operation_id: op.id.clone(),
             sequence: op.sequence,
@@ -146,7 +146,7 @@ impl Agent {
             plan: Vec::new(),
             problem: Some(refusal.to_problem()),
             finished_at_unix_ms: now_ms(),
-        }));
+        })));
         Ok(())
     }
 }

@@ -166,8 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut c = client::connect(&dir).await?;
             let r = c.list_agents(ListAgentsRequest {}).await?.into_inner();
             println!(
-                "{:<22} {:<28} {:<10} {:<10} {:<22} {}",
-                "AGENT", "TARGET", "STATE", "VERSION", "LAST HEARTBEAT", "CERT EXPIRES"
+                "{:<22} {:<28} {:<10} {:<10} {:<22} CERT EXPIRES",
+                "AGENT", "TARGET", "STATE", "VERSION", "LAST HEARTBEAT"
             );
             for a in r.agents {
                 let t = a.target.unwrap_or_default();

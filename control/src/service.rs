@@ -236,10 +236,8 @@ impl AgentApi {
                     // Sequences are assigned contiguously; a gap is one still
                     // being written, so stop there and keep the order.
                     while let Some(id) = seqs.get(&next) {
-                        if let Some(o) = st.ops.get(id) {
-                            if o.results.is_empty() {
-                                batch.push(o.op.clone());
-                            }
+                        if let Some(o) = st.ops.get(id).filter(|o| o.results.is_empty()) {
+                            batch.push(o.op.clone());
                         }
                         next += 1;
                     }

@@ -9,6 +9,9 @@
 //! assert!(cp.watch(&op).success);
 //! ```
 
+// A test harness fails by panicking with a message: that is its error handling.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -97,13 +97,11 @@ fn database(s: &DatabaseSpec) -> Result<(), ProviderError> {
             format!("{} is out of range: must be between 0 and 35", s.backups.retention_days),
         ));
     }
-    if let Some(w) = &s.backups.window {
-        if !is_window(w) {
-            return Err(ProviderError::invalid(
-                "database.backups.window",
-                format!("{w:?} is not a window: use HH:MM-HH:MM in UTC, e.g. \"03:00-04:00\""),
-            ));
-        }
+    if let Some(w) = s.backups.window.as_ref().filter(|w| !is_window(w)) {
+        return Err(ProviderError::invalid(
+            "database.backups.window",
+            format!("{w:?} is not a window: use HH:MM-HH:MM in UTC, e.g. \"03:00-04:00\""),
+        ));
     }
     tags("database.tags", &s.tags)
 }
