@@ -4,11 +4,12 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use byoc_proto::agent::v1::{Action, Operation, ResourceKind};
+use byoc_proto::agent::v1::{Action, Cancel, ControlMessage, Operation, ResourceKind, control_message};
 use byoc_proto::control::v1::admin_service_server::AdminService;
 use byoc_proto::control::v1::{
-    AgentInfo, CreateTokenRequest, CreateTokenResponse, GetOperationRequest, ListAgentsRequest, ListAgentsResponse,
-    OperationStatus, SubmitRequest, SubmitResponse, WatchEvent, WatchRequest, watch_event,
+    AgentInfo, CancelRequest, CancelResponse, CreateTokenRequest, CreateTokenResponse, GetOperationRequest,
+    ListAgentsRequest, ListAgentsResponse, OperationStatus, SubmitRequest, SubmitResponse, WatchEvent, WatchRequest,
+    watch_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -217,6 +218,11 @@ impl AdminService for AdminApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
+        self.cancel_op(req.into_inner()).await?;
+        Ok(Response::new(CancelResponse {}))
+    }
+
     async fn get_operation(&self, req: Request<GetOperationRequest>) -> Result<Response<OperationStatus>, Status> {
         Ok(Response::new(self.status(&req.get_ref().operation_id)?))
     }
@@ -243,6 +249,32 @@ impl AdminService for AdminApi {
 }
 
 impl AdminApi {
+    async fn cancel_op(&self, r: CancelRequest) -> Result<(), Status> {
+        let status = self.status(&r.operation_id)?;
+        if status.state == "finished" {
+            return Err(Status::failed_precondition(format!(
+                "operation {} has already finished",
+                r.operation_id
+            )));
+        }
+        let live = self.0.hub.get(&status.agent_id).ok_or_else(|| {
+            Status::unavailable(format!(
+                "agent {} is not connected; cancel again once it is",
+                status.agent_id
+            ))
+        })?;
+        let msg = ControlMessage {
+            body: Some(control_message::Body::Cancel(Cancel {
+                operation_id: r.operation_id,
+                reason: r.reason,
+            })),
+        };
+        live.tx
+            .send(Ok(msg))
+            .await
+            .map_err(|_| Status::unavailable("the agent's session just ended; try again"))
+    }
+
     fn status(&self, op_id: &str) -> Result<OperationStatus, Status> {
         let st = self.0.store.lock();
         let o = st

@@ -4,8 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use byoc_proto::agent::v1::ControlMessage;
 use byoc_proto::control::v1::WatchEvent;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tonic::Status;
 
 /// What the control plane knows of a connected agent right now.
 #[derive(Debug, Clone)]
@@ -17,6 +19,8 @@ pub struct Live {
     pub in_flight: u32,
     /// Woken when an operation for this agent becomes durable.
     pub notify: Arc<Notify>,
+    /// The session's outbound stream, for messages outside the operation queue (cancel).
+    pub tx: mpsc::Sender<Result<ControlMessage, Status>>,
 }
 
 #[derive(Clone)]
@@ -42,7 +46,13 @@ impl Hub {
     }
 
     /// Registers a new session for `agent`, replacing any older one.
-    pub fn connect(&self, agent: &str, version: &str, now_ms: i64) -> Live {
+    pub fn connect(
+        &self,
+        agent: &str,
+        version: &str,
+        now_ms: i64,
+        tx: mpsc::Sender<Result<ControlMessage, Status>>,
+    ) -> Live {
         let session = self.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let live = Live {
             session,
@@ -50,6 +60,7 @@ impl Hub {
             last_heartbeat_unix_ms: now_ms,
             in_flight: 0,
             notify: Arc::new(Notify::new()),
+            tx,
         };
         if let Some(old) = self.lock().insert(agent.to_string(), live.clone()) {
             // Wake the old session's dispatcher so it notices it was replaced.

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use byoc_control::{client, opfile, server};
 use byoc_proto::agent::v1::{OperationResult, Outcome};
 use byoc_proto::control::v1::{
-    CreateTokenRequest, GetOperationRequest, ListAgentsRequest, SubmitRequest, WatchRequest, watch_event,
+    CancelRequest, CreateTokenRequest, GetOperationRequest, ListAgentsRequest, SubmitRequest, WatchRequest, watch_event,
 };
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,6 +71,12 @@ enum Cmd {
     },
     /// Show an operation's progress until its result. Exit code 0: succeeded, 1: did not.
     Watch { operation_id: String },
+    /// Ask the agent to stop a running operation (it ends as CANCELLED).
+    Cancel {
+        operation_id: String,
+        #[arg(long, default_value = "cancelled by an operator")]
+        reason: String,
+    },
     /// Print an operation's state and results as JSON.
     Get { operation_id: String },
     /// List enrolled agents: connected, version, last heartbeat, certificate expiry.
@@ -147,6 +153,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Watch { operation_id } => {
             let ok = watch(&dir, &operation_id, &operation_id).await?;
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Cmd::Cancel { operation_id, reason } => {
+            let mut c = client::connect(&dir).await?;
+            c.cancel(CancelRequest {
+                operation_id: operation_id.clone(),
+                reason,
+            })
+            .await?;
+            println!(
+                "cancel sent to the agent running {operation_id}; `byoc-control watch {operation_id}` shows the outcome"
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Get { operation_id } => {
             let mut c = client::connect(&dir).await?;

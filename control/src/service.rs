@@ -190,10 +190,10 @@ impl AgentService for AgentApi {
                 hello.agent_id
             )));
         }
-        let live = self.hub.connect(&agent, &hello.agent_version, now_ms());
+        let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(1024);
+        let live = self.hub.connect(&agent, &hello.agent_version, now_ms(), tx.clone());
         info!(agent = %agent, version = %hello.agent_version, highest_seq = hello.highest_operation_sequence,
               acked = hello.last_acked_result_seq, "agent connected");
-        let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(1024);
         let welcome = ControlMessage {
             body: Some(control_message::Body::Welcome(Welcome {
                 heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u32,

@@ -83,11 +83,16 @@ impl World {
     }
 
     pub fn control_plane_in(&self, name: &str) -> ControlPlane {
+        self.control_plane_with(name, &[])
+    }
+
+    /// Starts a control plane in `<world>/<name>` with extra `serve` arguments.
+    pub fn control_plane_with(&self, name: &str, extra: &[&str]) -> ControlPlane {
         let mut cp = ControlPlane {
             dir: self.path(name),
             child: None,
             url: String::new(),
-            extra: Vec::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         cp.start();
         cp

@@ -1,0 +1,143 @@
+//! Operation handling through the real binaries: cancellation, retries of
+//! cloud throttling and transient errors, a queue that survives restarts,
+//! certificate renewal, clean shutdown.
+
+use std::time::Duration;
+
+use byoc_tests::{SimDelays, World, cluster, op, wait_for};
+
+fn audit_has(agent: &byoc_tests::Agent, op_id: &str, kind: &str) -> bool {
+    agent.audit().iter().any(|e| e["op"] == op_id && e["kind"] == kind)
+}
+
+#[test]
+fn a_running_operation_can_be_cancelled() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let agent = w.agent(&cp, SimDelays::all(Duration::from_secs(30)));
+    let id = cp.submit_json(&op("apply", "cluster", cluster("slow")));
+    wait_for("the operation to start", Duration::from_secs(20), || {
+        audit_has(&agent, &id, "operation.started").then_some(())
+    });
+    let out = cp.cli().args(["cancel", &id]).output().expect("cancel");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let watched = cp.watch(&id);
+    assert_eq!(watched.code, Some(1), "{watched:?}");
+    assert!(watched.stdout.contains("CANCELLED"), "{}", watched.stdout);
+    assert_eq!(cp.get(&id)["results"][0]["problem"]["code"], "cancelled");
+    assert!(audit_has(&agent, &id, "operation.cancel_requested"));
+    // A finished operation cannot be cancelled, and says so.
+    let out = cp.cli().args(["cancel", &id]).output().expect("cancel");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already finished"));
+}
+
+#[test]
+fn throttling_and_transient_cloud_errors_are_retried_to_success() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let agent = w.agent(&cp, SimDelays::default());
+    byoc_provider_sim::write_faults(
+        &agent.sim_dir(),
+        &serde_json::from_value(serde_json::json!({"throttle_next": 2, "fail_next": 2})).expect("faults"),
+    )
+    .expect("write faults");
+    let id = cp.submit_json(&op("apply", "cluster", cluster("bumpy")));
+    let watched = cp.watch(&id);
+    assert!(watched.success, "{watched:?}\n{}", agent.log());
+    assert!(
+        agent.log().matches("retrying provider call").count() >= 4,
+        "{}",
+        agent.log()
+    );
+    let faults = byoc_provider_sim::read_faults(&agent.sim_dir()).expect("faults");
+    assert_eq!(
+        (faults.throttle_next, faults.fail_next),
+        (0, 0),
+        "every injected fault was hit"
+    );
+    assert_eq!(
+        byoc_provider_sim::list_resources(&agent.sim_dir()).expect("list").len(),
+        1
+    );
+}
+
+#[test]
+fn a_permission_error_fails_the_operation_naming_the_permission() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let agent = w.agent(&cp, SimDelays::default());
+    byoc_provider_sim::write_faults(
+        &agent.sim_dir(),
+        &serde_json::from_value(serde_json::json!({"deny": ["sim:CreateCluster"]})).expect("faults"),
+    )
+    .expect("write faults");
+    let id = cp.submit_json(&op("apply", "cluster", cluster("denied")));
+    let watched = cp.watch(&id);
+    assert_eq!(watched.code, Some(1));
+    let r = &cp.get(&id)["results"][0];
+    assert_eq!(r["outcome"], "OUTCOME_FAILED");
+    assert_eq!(r["problem"]["code"], "permission_denied");
+    assert!(
+        r["problem"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("sim:CreateCluster"),
+        "{r}"
+    );
+}
+
+#[test]
+fn operations_queued_while_the_agent_is_away_survive_a_control_plane_restart() {
+    let w = World::new();
+    let mut cp = w.control_plane();
+    let mut agent = w.agent(&cp, SimDelays::default());
+    assert_eq!(
+        agent.stop(),
+        Some(0),
+        "SIGTERM stops the agent cleanly\n{}",
+        agent.log()
+    );
+    let st = String::from_utf8_lossy(&agent.status().stdout).to_string();
+    assert!(st.contains("not running"), "{st}");
+    let a = cp.submit_json(&op("apply", "cluster", cluster("queued-a")));
+    let b = cp.submit_json(&op("apply", "cluster", cluster("queued-b")));
+    cp.restart();
+    agent.start();
+    assert!(cp.watch(&a).success);
+    assert!(cp.watch(&b).success);
+    let names: Vec<_> = byoc_provider_sim::list_resources(&agent.sim_dir())
+        .expect("list")
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn the_client_certificate_is_renewed_in_band_before_it_expires() {
+    let w = World::new();
+    let mut cp = w.control_plane_with("cp", &["--cert-lifetime", "6s"]);
+    let agent = w.agent(&cp, SimDelays::default());
+    let before = std::fs::read(agent.data_dir().join("identity/agent.der")).expect("cert");
+    wait_for("a renewal", Duration::from_secs(30), || {
+        agent
+            .audit()
+            .iter()
+            .any(|e| e["kind"] == "certificate.renewed")
+            .then_some(())
+    });
+    let after = std::fs::read(agent.data_dir().join("identity/agent.der")).expect("cert");
+    assert_ne!(before, after, "a new certificate was stored");
+    // Past the first certificate's expiry, a new connection must use the
+    // renewed one: restart the control plane to force a reconnect.
+    std::thread::sleep(Duration::from_secs(4));
+    cp.restart();
+    agent.wait_connected(&cp);
+    assert!(
+        cp.watch(&cp.submit_json(&op("apply", "cluster", cluster("renewed"))))
+            .success,
+        "{}",
+        agent.log()
+    );
+}
