@@ -39,6 +39,10 @@ pub struct Refusal {
     pub rule: &'static str,
     pub message: String,
     pub field: String,
+    /// Whether the operation's sequence number can be believed: only once the
+    /// signature verified, the operation is addressed to this agent, and it is
+    /// not a replay. Only then may a refusal move the sequence high-water mark.
+    pub sequence_trusted: bool,
 }
 
 impl Refusal {
@@ -48,7 +52,13 @@ impl Refusal {
             rule,
             message: message.into(),
             field: String::new(),
+            sequence_trusted: true,
         }
+    }
+
+    fn untrusted(mut self) -> Self {
+        self.sequence_trusted = false;
+        self
     }
 
     pub fn to_problem(&self) -> pb::Problem {
@@ -75,7 +85,7 @@ impl Checker<'_> {
     /// is believed before its signature verifies.
     pub fn check(&self, op: Operation) -> Result<Verified, Refusal> {
         byoc_proto::signing::verify(&op, self.operation_key)
-            .map_err(|e| Refusal::new("bad_signature", "signature", e.to_string()))?;
+            .map_err(|e| Refusal::new("bad_signature", "signature", e.to_string()).untrusted())?;
         if op.agent_id != self.agent_id {
             return Err(Refusal::new(
                 "wrong_target",
@@ -84,7 +94,8 @@ impl Checker<'_> {
                     "operation is addressed to agent {:?}, this is {}",
                     op.agent_id, self.agent_id
                 ),
-            ));
+            )
+            .untrusted());
         }
         if op.sequence <= self.highest_seq {
             return Err(Refusal::new(
@@ -94,7 +105,8 @@ impl Checker<'_> {
                     "sequence {} is not above {} already recorded",
                     op.sequence, self.highest_seq
                 ),
-            ));
+            )
+            .untrusted());
         }
         if op.not_after_unix_ms <= self.now_ms {
             return Err(Refusal::new(
@@ -114,36 +126,43 @@ impl Checker<'_> {
                 ),
             ));
         }
-        let action = match pb::Action::try_from(op.action) {
-            Ok(pb::Action::Plan) => Action::Plan,
-            Ok(pb::Action::Apply) => Action::Apply,
-            Ok(pb::Action::Delete) => Action::Delete,
-            _ => {
-                return Err(Refusal::new(
-                    "invalid_spec",
-                    "action",
-                    format!("action {} is not plan, apply or delete", op.action),
-                ));
-            }
-        };
-        let kind = kind(op.kind).ok_or_else(|| {
-            Refusal::new(
-                "invalid_spec",
-                "kind",
-                format!("kind {} is not cluster, node_pool, sandbox or database", op.kind),
-            )
-        })?;
-        let spec = ResourceSpec::from_json(kind, &op.spec_json).map_err(|e| match e {
-            ProviderError::InvalidSpec { field, message } => Refusal {
-                code: "invalid_spec",
-                rule: "spec",
-                message: format!("{field}: {message}"),
-                field,
-            },
-            other => Refusal::new("invalid_spec", "spec", other.to_string()),
-        })?;
-        Ok(Verified { op, action, spec })
+        decode(op)
     }
+}
+
+/// Decodes an operation's action, kind and spec into typed values. Runs as
+/// the last of the checks, and again when a journaled operation is resumed.
+pub fn decode(op: Operation) -> Result<Verified, Refusal> {
+    let action = match pb::Action::try_from(op.action) {
+        Ok(pb::Action::Plan) => Action::Plan,
+        Ok(pb::Action::Apply) => Action::Apply,
+        Ok(pb::Action::Delete) => Action::Delete,
+        _ => {
+            return Err(Refusal::new(
+                "invalid_spec",
+                "action",
+                format!("action {} is not plan, apply or delete", op.action),
+            ));
+        }
+    };
+    let kind = kind(op.kind).ok_or_else(|| {
+        Refusal::new(
+            "invalid_spec",
+            "kind",
+            format!("kind {} is not cluster, node_pool, sandbox or database", op.kind),
+        )
+    })?;
+    let spec = ResourceSpec::from_json(kind, &op.spec_json).map_err(|e| match e {
+        ProviderError::InvalidSpec { field, message } => Refusal {
+            code: "invalid_spec",
+            rule: "spec",
+            message: format!("{field}: {message}"),
+            field,
+            sequence_trusted: true,
+        },
+        other => Refusal::new("invalid_spec", "spec", other.to_string()),
+    })?;
+    Ok(Verified { op, action, spec })
 }
 
 pub fn kind(k: i32) -> Option<ResourceKind> {

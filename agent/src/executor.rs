@@ -113,12 +113,7 @@ impl Executor {
             json!({ "action": v.action.as_str(), "kind": v.spec.kind().as_str(), "name": v.spec.name() }),
         );
         let (plan, outcome) = match self.audit.record(started).await {
-            Err(e) => (
-                None,
-                Err(ProviderError::Aborted {
-                    message: format!("audit log unavailable: {e}"),
-                }),
-            ),
+            Err(e) => (None, Err(Failure::AuditUnavailable(e.to_string()))),
             Ok(_) => {
                 let hooks = Hooks {
                     audit: &self.audit,
@@ -133,16 +128,14 @@ impl Executor {
                 };
                 tokio::select! {
                     r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
-                        Ok(r) => r,
-                        Err(_) => (None, Err(ProviderError::Aborted {
-                            message: format!("deadline of {} s exceeded", self.deadline.as_secs()),
-                        })),
+                        Ok((plan, outcome)) => (plan, outcome.map_err(Failure::Provider)),
+                        Err(_) => (None, Err(Failure::Deadline(self.deadline))),
                     },
-                    _ = cancel.cancelled() => (None, Err(ProviderError::Aborted { message: "cancelled by the control plane".into() })),
+                    _ = cancel.cancelled() => (None, Err(Failure::Cancelled)),
                 }
             }
         };
-        let result = to_result(&v, plan, outcome, cancel.is_cancelled());
+        let result = to_result(&v, plan, outcome);
         let finished = Event::new(
             "operation.finished",
             Some(&op_id),
@@ -223,12 +216,18 @@ where
     .await
 }
 
-fn to_result(
-    v: &Verified,
-    plan: Option<Plan>,
-    outcome: Result<Option<Outputs>, ProviderError>,
-    cancelled: bool,
-) -> OperationResult {
+/// Why an operation did not succeed.
+enum Failure {
+    Provider(ProviderError),
+    /// The audit log could not record the start: nothing was done.
+    AuditUnavailable(String),
+    Deadline(Duration),
+    /// Cancelled by the control plane. Work the cloud had already accepted
+    /// goes on there; a later apply or delete converges from it.
+    Cancelled,
+}
+
+fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, Failure>) -> OperationResult {
     let plan = plan.map(|p| plan_to_wire(&p)).unwrap_or_default();
     let mut r = OperationResult {
         result_seq: 0,
@@ -240,26 +239,57 @@ fn to_result(
         problem: None,
         finished_at_unix_ms: now_ms(),
     };
-    match outcome {
-        Ok(out) => r.outputs = out.map(outputs_to_wire),
-        Err(e) => {
-            r.outcome = if cancelled { Outcome::Cancelled } else { Outcome::Failed } as i32;
-            let (field, retry_after_ms) = match &e {
+    let failure = match outcome {
+        Ok(out) => {
+            r.outputs = out.map(outputs_to_wire);
+            return r;
+        }
+        Err(f) => f,
+    };
+    let (outcome, code, message, field, retry_after_ms) = match failure {
+        Failure::Provider(e) => {
+            let (field, retry) = match &e {
                 ProviderError::InvalidSpec { field, .. } => (field.clone(), 0),
                 ProviderError::Throttled { retry_after } => {
                     (String::new(), retry_after.map_or(0, |d| d.as_millis() as u64))
                 }
                 _ => (String::new(), 0),
             };
-            r.problem = Some(pb::Problem {
-                code: if cancelled { "cancelled".into() } else { e.code().into() },
-                message: e.to_string(),
-                field,
-                rule: String::new(),
-                retry_after_ms,
-            });
+            (Outcome::Failed, e.code(), e.to_string(), field, retry)
         }
-    }
+        Failure::AuditUnavailable(e) => (
+            Outcome::Failed,
+            "audit_unavailable",
+            format!("the audit log cannot record: {e}; the agent acts on nothing it cannot record"),
+            String::new(),
+            0,
+        ),
+        Failure::Deadline(d) => (
+            Outcome::Failed,
+            "deadline_exceeded",
+            format!(
+                "the operation did not finish within its deadline of {}",
+                humantime::format_duration(d)
+            ),
+            String::new(),
+            0,
+        ),
+        Failure::Cancelled => (
+            Outcome::Cancelled,
+            "cancelled",
+            "cancelled by the control plane".to_string(),
+            String::new(),
+            0,
+        ),
+    };
+    r.outcome = outcome as i32;
+    r.problem = Some(pb::Problem {
+        code: code.to_string(),
+        message,
+        field,
+        rule: String::new(),
+        retry_after_ms,
+    });
     r
 }
 

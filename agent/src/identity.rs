@@ -19,7 +19,8 @@ pub struct Enrollment {
     pub agent_id: String,
     pub control_plane: String,
     pub certificate_not_after_unix_ms: i64,
-    /// When the current certificate was issued (for renewal at a third of its lifetime).
+    /// When the current certificate was issued: it is renewed once two thirds
+    /// of its lifetime have passed.
     pub certificate_issued_unix_ms: i64,
 }
 

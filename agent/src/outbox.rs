@@ -96,7 +96,9 @@ impl Task {
                         self.next_seq += 1;
                         results.push(r);
                     }
-                    Cmd::Ack(n) if n > self.acked => ack = Some(ack.unwrap_or(0).max(n)),
+                    // An ack beyond what was ever assigned is not believed: it
+                    // would make results not yet sent count as delivered.
+                    Cmd::Ack(n) if n > self.acked && n < self.next_seq => ack = Some(ack.unwrap_or(0).max(n)),
                     Cmd::Ack(_) => {}
                     Cmd::Session(s) => {
                         self.session = s;

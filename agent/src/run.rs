@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-use crate::checks::{self, Refusal, Verified};
+use crate::checks::{self, Refusal};
 use crate::config::{Config, ProviderConfig};
 use crate::executor::{Executor, now_ms};
 use crate::identity::Identity;
@@ -131,9 +131,10 @@ impl Agent {
             ))
             .await
             .map_err(|e| e.to_string())?;
-        // A replayed sequence must not move the high-water mark; anything else
-        // refused is done with, so it is never sent again.
-        if refusal.code != "replayed" && op.sequence > self.highest_seq() {
+        // A refused operation that is genuinely ours is done with: record its
+        // sequence so it is never taken again. A forged, misaddressed or replayed
+        // one must not move the mark (a forged u64::MAX would lock the agent out).
+        if refusal.sequence_trusted && op.sequence > self.highest_seq() {
             self.journal.seen(op.sequence).await.map_err(|e| e.to_string())?;
             self.set_highest_seq(op.sequence);
         }
@@ -225,19 +226,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Resume what was accepted and not finished: the provider converges.
     for op in replayed.pending {
-        let Some(kind) = checks::kind(op.kind) else { continue };
-        let action = match byoc_proto::agent::v1::Action::try_from(op.action) {
-            Ok(byoc_proto::agent::v1::Action::Plan) => checks::Action::Plan,
-            Ok(byoc_proto::agent::v1::Action::Apply) => checks::Action::Apply,
-            Ok(byoc_proto::agent::v1::Action::Delete) => checks::Action::Delete,
-            _ => continue,
-        };
-        match byoc_provider::ResourceSpec::from_json(kind, &op.spec_json) {
-            Ok(spec) => {
-                info!(op = %op.id, "resuming operation");
-                agent.executor.spawn(Verified { op, action, spec }, true);
+        match checks::decode(op.clone()) {
+            Ok(v) => {
+                info!(op = %v.op.id, "resuming operation");
+                agent.executor.spawn(v, true);
             }
-            Err(e) => error!(op = %op.id, error = %e, "cannot resume: the journaled spec no longer validates"),
+            // Accepted once, undecodable now (an agent downgrade, a damaged
+            // journal): answer it rather than leave it pending for ever.
+            Err(r) => agent.refuse(&op, r).await.map_err(|e| anyhow::anyhow!(e))?,
         }
     }
 

@@ -40,6 +40,12 @@ pub async fn serve(
     cfg: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if cfg.heartbeat_interval < Duration::from_secs(1) || cfg.heartbeat_interval > Duration::from_secs(300) {
+        anyhow::bail!("--heartbeat-interval must be between 1s and 5m (agents clamp to that range too)");
+    }
+    if cfg.cert_lifetime < Duration::from_secs(5) {
+        anyhow::bail!("--cert-lifetime must be at least 5s");
+    }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     #[cfg(unix)]
     {

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::hub::Hub;
 use crate::pki::Pki;
-use crate::store::{Record, Store};
+use crate::store::{Record, ResultDisposition, Store};
 
 /// Settings of the agent-facing service.
 #[derive(Debug, Clone)]
@@ -227,8 +227,12 @@ impl AgentApi {
         tx: mpsc::Sender<Result<ControlMessage, Status>>,
         notify: Arc<tokio::sync::Notify>,
     ) {
-        let mut next = highest + 1;
+        let mut next = highest.saturating_add(1);
         loop {
+            // A replaced session sends nothing more.
+            if !self.hub.is_current(&agent, session) {
+                return;
+            }
             let batch: Vec<_> = {
                 let st = self.store.lock();
                 let mut batch = Vec::new();
@@ -306,8 +310,8 @@ impl AgentApi {
                     );
                 }
                 Some(agent_message::Body::Result(r)) => {
-                    let is_new = match self.store.commit_result(&agent, &r).await {
-                        Ok(n) => n,
+                    let disposition = match self.store.commit_result(&agent, &r).await {
+                        Ok(d) => d,
                         Err(e) => {
                             let _ = tx.send(Err(store_err(e))).await;
                             break "state store failed".to_string();
@@ -321,7 +325,17 @@ impl AgentApi {
                     if tx.send(Ok(ack)).await.is_err() {
                         break "session closed".to_string();
                     }
-                    if is_new {
+                    // Acknowledged in every case, so the agent stops resending;
+                        // only a first result for one of its own operations is recorded.
+                    match disposition {
+                        ResultDisposition::Recorded => {}
+                        ResultDisposition::Duplicate => continue,
+                        other => {
+                            warn!(agent = %agent, op = %r.operation_id, ?other, "result for an operation this agent was not sent; ignored");
+                            continue;
+                        }
+                    }
+                    {
                         let id = r.operation_id.clone();
                         self.hub.publish(
                             &id,

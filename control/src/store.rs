@@ -77,6 +77,8 @@ pub struct OpRec {
     pub op: Operation,
     pub results: Vec<OperationResult>,
     pub duplicates_ignored: u64,
+    /// A result is being written (not durable yet): a concurrent one is a duplicate.
+    pub claimed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -87,7 +89,6 @@ pub struct State {
     pub ops: HashMap<String, OpRec>,
     /// agent id -> sequence -> operation id.
     pub by_agent: HashMap<String, BTreeMap<u64, String>>,
-    pub seen_results: HashMap<String, std::collections::HashSet<u64>>,
 }
 
 impl State {
@@ -155,6 +156,7 @@ impl State {
                         op,
                         results: Vec::new(),
                         duplicates_ignored: 0,
+                        claimed: false,
                     },
                 );
             }
@@ -163,11 +165,9 @@ impl State {
                 if let Some(a) = self.agents.get_mut(agent) {
                     a.acked_result_seq = a.acked_result_seq.max(res.result_seq);
                 }
-                self.seen_results
-                    .entry(agent.clone())
-                    .or_default()
-                    .insert(res.result_seq);
-                if let Some(o) = self.ops.get_mut(&res.operation_id) {
+                // Exactly one result per operation: commit_result only writes
+                // the first, so a second can only come from a damaged log.
+                if let Some(o) = self.ops.get_mut(&res.operation_id).filter(|o| o.results.is_empty()) {
                     o.results.push(res);
                 }
             }
@@ -228,6 +228,15 @@ pub fn encode<M: prost::Message>(m: &M) -> String {
 fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
     let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
     M::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// What became of a result an agent sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultDisposition {
+    Recorded,
+    Duplicate,
+    UnknownOperation,
+    NotThisAgents,
 }
 
 /// Durable state with an in-memory view.
@@ -296,29 +305,41 @@ impl Store {
                 op: op.clone(),
                 results: Vec::new(),
                 duplicates_ignored: 0,
+                claimed: false,
             },
         );
         Ok(op)
     }
 
-    /// Records a result once. Returns true when it was new, false for a
-    /// duplicate (a resend after a reconnect), which is counted and ignored.
-    pub async fn commit_result(&self, agent: &str, res: &OperationResult) -> Result<bool, StoreError> {
+    /// Records the result of an operation once. A result for an operation this
+    /// agent was never sent is not recorded; a second result for the same
+    /// operation (a resend after a reconnect, or a race between an old and a new
+    /// session) is counted and ignored.
+    pub async fn commit_result(&self, agent: &str, res: &OperationResult) -> Result<ResultDisposition, StoreError> {
         {
             let mut st = self.lock();
-            if st.seen_results.get(agent).is_some_and(|s| s.contains(&res.result_seq)) {
-                if let Some(o) = st.ops.get_mut(&res.operation_id) {
-                    o.duplicates_ignored += 1;
-                }
-                return Ok(false);
+            let Some(o) = st.ops.get_mut(&res.operation_id) else {
+                return Ok(ResultDisposition::UnknownOperation);
+            };
+            if o.op.agent_id != agent {
+                return Ok(ResultDisposition::NotThisAgents);
             }
+            if o.claimed || !o.results.is_empty() {
+                o.duplicates_ignored += 1;
+                return Ok(ResultDisposition::Duplicate);
+            }
+            o.claimed = true;
         }
-        self.commit(Record::Result {
-            agent: agent.to_string(),
-            b64: encode(res),
-        })
-        .await?;
-        Ok(true)
+        let written = self
+            .commit(Record::Result {
+                agent: agent.to_string(),
+                b64: encode(res),
+            })
+            .await;
+        if let Some(o) = self.lock().ops.get_mut(&res.operation_id) {
+            o.claimed = false;
+        }
+        written.map(|()| ResultDisposition::Recorded)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

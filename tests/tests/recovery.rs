@@ -81,10 +81,12 @@ fn agent_killed_mid_operation_converges_without_a_duplicate() {
             .any(|e| e["op"] == id.as_str() && e["detail"]["action"] == "sim:CreateCluster")
             .then_some(())
     });
+    // The call is audited before it is made; wait until the cloud has it.
+    wait_for("the cluster to exist in the cloud", Duration::from_secs(20), || {
+        (byoc_provider_sim::list_resources(&agent.sim_dir()).expect("list").len() == 1).then_some(())
+    });
     agent.kill9();
     // The cluster is creating in the cloud; nothing has reported it yet.
-    let resources = byoc_provider_sim::list_resources(&agent.sim_dir()).expect("list");
-    assert_eq!(resources.len(), 1);
     assert_eq!(cp.get(&id)["state"], "pending");
 
     agent.start();

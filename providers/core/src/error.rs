@@ -39,7 +39,7 @@ pub enum ProviderError {
     Unsupported { message: String },
     /// The agent stopped the call before it was made (the audit log could not
     /// record it, or the operation was cancelled). Nothing was changed by it.
-    #[error("aborted before the cloud call: {message}")]
+    #[error("stopped by the agent before the cloud call: {message}")]
     Aborted { message: String },
 }
 

@@ -254,7 +254,7 @@ impl ResourceSpec {
     pub fn from_json(kind: ResourceKind, json: &str) -> Result<Self, ProviderError> {
         fn decode<T: serde::de::DeserializeOwned>(kind: ResourceKind, json: &str) -> Result<T, ProviderError> {
             let de = &mut serde_json::Deserializer::from_str(json);
-            serde_path_to_error::deserialize(de).map_err(|e| {
+            let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
                 let path = e.path().to_string();
                 let field = if path == "." || path.is_empty() {
                     kind.as_str().to_string()
@@ -262,7 +262,11 @@ impl ResourceSpec {
                     format!("{}.{}", kind.as_str(), path)
                 };
                 ProviderError::invalid(field, e.into_inner().to_string())
-            })
+            })?;
+            // Nothing may follow the object: the signed bytes are the whole spec.
+            de.end()
+                .map_err(|e| ProviderError::invalid(kind.as_str(), format!("trailing data after the spec: {e}")))?;
+            Ok(value)
         }
         let spec = match kind {
             ResourceKind::Cluster => Self::Cluster(decode(kind, json)?),

@@ -308,13 +308,20 @@ mod tests {
             ResourceKind::Cluster,
             r#"{"name":"a","kubernetes_version":"1.31","colour":"red"}"#,
         );
-        assert_eq!(field, "cluster");
+        assert_eq!(field, "cluster.colour");
         assert!(msg.contains("unknown field `colour`"), "{msg}");
         let (field, _) = err(
             ResourceKind::NodePool,
             r#"{"name":"a","cluster":"c","instance_type":"t","min_size":1,"max_size":2,"desired_size":1,"taints":[{"key":"k","effect":"Sometimes"}]}"#,
         );
         assert_eq!(field, "node_pool.taints[0].effect");
+    }
+
+    #[test]
+    fn trailing_data_after_the_spec_is_refused() {
+        let (field, msg) = err(ResourceKind::Cluster, r#"{"name":"a","kubernetes_version":"1.31"} {"x":1}"#);
+        assert_eq!(field, "cluster");
+        assert!(msg.contains("trailing"), "{msg}");
     }
 
     #[test]
