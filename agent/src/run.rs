@@ -285,6 +285,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     outcome
 }
 
+/// A session that lasted this long counts as healthy for the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
+
 async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
     let c = &agent.cfg.connection;
     let builder = backon::ExponentialBuilder::default()
@@ -295,8 +298,12 @@ async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
     let mut backoff = builder.build();
     while !shutdown.is_cancelled() {
         let mut connected = false;
+        let began = std::time::Instant::now();
         let result = session::run_session(agent, shutdown, &mut connected).await;
-        if connected {
+        // Start the backoff over only after a session that stayed up a while: a
+        // control plane that welcomes and then breaks the session at once must
+        // not be redialled in a tight loop.
+        if connected && began.elapsed() >= HEALTHY_SESSION {
             backoff = builder.build();
         }
         let error = match result {

@@ -65,7 +65,9 @@ impl Hub {
         if let Some(old) = self.lock().insert(agent.to_string(), live.clone()) {
             // End the old session: close its stream and wake its dispatcher,
             // which sees it is no longer current before sending anything more.
-            let _ = old.tx.try_send(Err(Status::aborted("replaced by a newer session of the same agent")));
+            let _ = old
+                .tx
+                .try_send(Err(Status::aborted("replaced by a newer session of the same agent")));
             old.notify.notify_one();
         }
         live

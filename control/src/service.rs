@@ -61,6 +61,28 @@ fn store_err(e: crate::store::StoreError) -> Status {
 }
 
 impl AgentApi {
+    /// Checks that an enrollment token exists, is unused and unexpired; with
+    /// `claim`, marks it used in memory (the caller then makes that durable).
+    fn check_token(&self, hash: &str, claim: bool) -> Result<(), Status> {
+        let mut st = self.store.lock();
+        let t = st
+            .tokens
+            .get_mut(hash)
+            .ok_or_else(|| Status::permission_denied("unknown enrollment token"))?;
+        if t.used {
+            return Err(Status::permission_denied(
+                "this enrollment token has already been used; create a new one",
+            ));
+        }
+        if t.expires_unix_ms <= now_ms() {
+            return Err(Status::permission_denied(
+                "this enrollment token has expired; create a new one",
+            ));
+        }
+        t.used |= claim;
+        Ok(())
+    }
+
     /// The agent a request comes from, by the fingerprint of its client certificate.
     fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
         let certs = req
@@ -92,31 +114,17 @@ impl AgentService for AgentApi {
             ));
         }
         let hash = token_hash(&r.token);
-        {
-            // Claim the token under the lock, so two concurrent uses cannot both pass.
-            let mut st = self.store.lock();
-            let t = st
-                .tokens
-                .get_mut(&hash)
-                .ok_or_else(|| Status::permission_denied("unknown enrollment token"))?;
-            if t.used {
-                return Err(Status::permission_denied(
-                    "this enrollment token has already been used; create a new one",
-                ));
-            }
-            if t.expires_unix_ms <= now_ms() {
-                return Err(Status::permission_denied(
-                    "this enrollment token has expired; create a new one",
-                ));
-            }
-            t.used = true;
-        }
-        self.store.commit(Record::TokenUsed { hash }).await.map_err(store_err)?;
+        // Check the token, then the CSR, and only then use the token up: a
+        // malformed request must not burn a valid token.
+        self.check_token(&hash, false)?;
         let agent_id = format!("agt-{}", random_hex(8));
         let (cert, not_after) = self
             .pki
             .issue_client_cert(&agent_id, &r.csr_der, self.cfg.cert_lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Claimed under the lock, so two concurrent uses cannot both pass.
+        self.check_token(&hash, true)?;
+        self.store.commit(Record::TokenUsed { hash }).await.map_err(store_err)?;
         let not_after_ms = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         self.store
             .commit(Record::Agent {
@@ -326,7 +334,7 @@ impl AgentApi {
                         break "session closed".to_string();
                     }
                     // Acknowledged in every case, so the agent stops resending;
-                        // only a first result for one of its own operations is recorded.
+                    // only a first result for one of its own operations is recorded.
                     match disposition {
                         ResultDisposition::Recorded => {}
                         ResultDisposition::Duplicate => continue,
