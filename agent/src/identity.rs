@@ -75,6 +75,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Identity
     byoc_audit::wal::sync_dir(path).map_err(io)
 }
 
+/// Completes a renewal interrupted by a crash. The certificate is written
+/// after the key, so a complete `agent.der.next` means the key was written
+/// too: roll forward. A lone `agent.key.next` is a renewal that never got its
+/// certificate: drop it.
+fn recover_renewal(dir: &Path) -> Result<(), IdentityError> {
+    let io = |path: &Path, source| IdentityError::Io {
+        path: path.into(),
+        source,
+    };
+    let (key_next, cert_next) = (dir.join("agent.key.next"), dir.join("agent.der.next"));
+    if cert_next.exists() {
+        if key_next.exists() {
+            std::fs::rename(&key_next, dir.join("agent.key")).map_err(|e| io(&key_next, e))?;
+        }
+        std::fs::rename(&cert_next, dir.join("agent.der")).map_err(|e| io(&cert_next, e))?;
+        byoc_audit::wal::sync_dir(&cert_next).map_err(|e| io(dir, e))?;
+    } else if key_next.exists() {
+        std::fs::remove_file(&key_next).map_err(|e| io(&key_next, e))?;
+    }
+    Ok(())
+}
+
 impl Identity {
     pub fn is_enrolled(data_dir: &Path) -> bool {
         dir(data_dir).join("enrollment.json").exists()
@@ -82,6 +104,7 @@ impl Identity {
 
     pub fn load(data_dir: &Path) -> Result<Self, IdentityError> {
         let dir = dir(data_dir);
+        recover_renewal(&dir)?;
         let enrollment_path = dir.join("enrollment.json");
         if !enrollment_path.exists() {
             return Err(IdentityError::NotEnrolled(enrollment_path));
@@ -121,8 +144,10 @@ impl Identity {
         not_after_ms: i64,
         now_ms: i64,
     ) -> Result<(), IdentityError> {
-        // Key first: a crash between the two leaves a key whose certificate is
-        // missing, which the next renewal fixes; never a certificate without its key.
+        // Both files are written in full under `.next` names before either
+        // replaces the current one; `recover_renewal` at the next load finishes
+        // (or discards) a renewal a crash interrupted, so the key and the
+        // certificate on disk always belong together.
         write_atomic(&self.dir.join("agent.key.next"), key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.dir.join("agent.der.next"), &cert, 0o644)?;
         let io = |path: &Path, source| IdentityError::Io {
@@ -148,5 +173,28 @@ impl Identity {
     /// TLS client configuration: trust only the pinned CA, present our certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, byoc_proto::transport::TransportError> {
         byoc_proto::transport::client_config(self.ca.clone(), Some((vec![self.cert.clone()], self.key.clone_key())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_renewal_is_finished_or_dropped_whole() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let dir = d.path();
+        std::fs::write(dir.join("agent.key"), "old key").expect("w");
+        std::fs::write(dir.join("agent.der"), "old cert").expect("w");
+        // Crash after the key was renamed into place, before the certificate.
+        std::fs::write(dir.join("agent.key"), "new key").expect("w");
+        std::fs::write(dir.join("agent.der.next"), "new cert").expect("w");
+        recover_renewal(dir).expect("recover");
+        assert_eq!(std::fs::read_to_string(dir.join("agent.der")).expect("r"), "new cert");
+        // Crash after writing only the new key.
+        std::fs::write(dir.join("agent.key.next"), "newer key").expect("w");
+        recover_renewal(dir).expect("recover");
+        assert_eq!(std::fs::read_to_string(dir.join("agent.key")).expect("r"), "new key");
+        assert!(!dir.join("agent.key.next").exists());
     }
 }

@@ -34,7 +34,8 @@ pub struct Pki {
     pub op_key: Ed25519KeyPair,
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
+/// Creates `path` (it must not exist) with `mode`, durably.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
     use std::io::Write;
     let io = |source| PkiError::Io {
         path: path.into(),
@@ -43,7 +44,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), PkiError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
     let mut f = opts.open(path).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)
@@ -82,18 +83,15 @@ impl Pki {
         if !ca_key_path.exists() {
             let key = KeyPair::generate()?;
             let cert = ca_params().self_signed(&key)?;
-            write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
-            std::fs::write(&ca_cert_path, cert.der()).map_err(|source| PkiError::Io {
-                path: ca_cert_path.clone(),
-                source,
-            })?;
+            write_new(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)?;
+            write_new(&ca_cert_path, cert.der(), 0o644)?;
         }
         if !op_key_path.exists() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| PkiError::Corrupt {
                 path: op_key_path.clone(),
                 message: "key generation failed".into(),
             })?;
-            write_private(&op_key_path, pkcs8.as_ref())?;
+            write_new(&op_key_path, pkcs8.as_ref(), 0o600)?;
         }
         let ca_pem = String::from_utf8(read(&ca_key_path)?).map_err(|e| PkiError::Corrupt {
             path: ca_key_path.clone(),
