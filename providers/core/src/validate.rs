@@ -319,7 +319,10 @@ mod tests {
 
     #[test]
     fn trailing_data_after_the_spec_is_refused() {
-        let (field, msg) = err(ResourceKind::Cluster, r#"{"name":"a","kubernetes_version":"1.31"} {"x":1}"#);
+        let (field, msg) = err(
+            ResourceKind::Cluster,
+            r#"{"name":"a","kubernetes_version":"1.31"} {"x":1}"#,
+        );
         assert_eq!(field, "cluster");
         assert!(msg.contains("trailing"), "{msg}");
     }
