@@ -325,6 +325,9 @@ impl AgentApi {
                             break "state store failed".to_string();
                         }
                     };
+                    if disposition == ResultDisposition::BeingRecorded {
+                        continue;
+                    }
                     let ack = ControlMessage {
                         body: Some(control_message::Body::ResultAck(ResultAck {
                             result_seq: r.result_seq,

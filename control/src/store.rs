@@ -235,6 +235,7 @@ fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
 pub enum ResultDisposition {
     Recorded,
     Duplicate,
+    BeingRecorded,
     UnknownOperation,
     NotThisAgents,
 }
@@ -324,7 +325,14 @@ impl Store {
             if o.op.agent_id != agent {
                 return Ok(ResultDisposition::NotThisAgents);
             }
-            if o.claimed || !o.results.is_empty() {
+            if o.claimed {
+                // Another session is writing this operation's result right now;
+                // it acks once that is durable. Acking here could ack a write
+                // that then fails.
+                o.duplicates_ignored += 1;
+                return Ok(ResultDisposition::BeingRecorded);
+            }
+            if !o.results.is_empty() {
                 o.duplicates_ignored += 1;
                 return Ok(ResultDisposition::Duplicate);
             }
