@@ -112,7 +112,10 @@ impl Executor {
             Some(&op_id),
             json!({ "action": v.action.as_str(), "kind": v.spec.kind().as_str(), "name": v.spec.name() }),
         );
-        let (plan, outcome) = match self.audit.record(started).await {
+        // Not awaited on its own: the next thing the executor does is a provider
+        // call, whose audit record it awaits before the call; the log is ordered,
+        // so that wait makes this record durable too (and fails if it failed).
+        let (plan, outcome) = match self.audit.record_before_next(started) {
             Err(e) => (None, Err(Failure::AuditUnavailable(e.to_string()))),
             Ok(_) => {
                 let hooks = Hooks {

@@ -47,6 +47,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_record_queued_before_the_next_is_durable_once_the_next_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&path).expect("open");
+        log.record_before_next(Event::new("operation.started", Some("op-1"), json!({})))
+            .expect("queue");
+        let r = log
+            .record(Event::new("provider.call", Some("op-1"), json!({})))
+            .await
+            .expect("record");
+        assert_eq!(r.seq, 1, "the queued record took the sequence before it");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let kinds: Vec<&str> = text
+            .lines()
+            .map(|l| {
+                if l.contains("operation.started") {
+                    "started"
+                } else {
+                    "call"
+                }
+            })
+            .collect();
+        assert_eq!(kinds, vec!["started", "call"]);
+        assert_eq!(verify::verify_file(&path).expect("verifies").entries, 2);
+    }
+
+    #[tokio::test]
     async fn tampering_names_the_entry() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("audit.log");

@@ -159,6 +159,15 @@ impl AuditLog {
         })
     }
 
+    /// Queues `event` without waiting for it to reach the disk. Use only when
+    /// the caller's next step is a `record` it waits for before acting: the log
+    /// is ordered, so that wait covers this event too (see `Wal::submit`).
+    pub fn record_before_next(&self, event: Event) -> Result<(), AuditError> {
+        // The future is dropped: durability comes from the next awaited record.
+        drop(self.wal.submit(event)?);
+        Ok(())
+    }
+
     /// Records `event` durably.
     pub async fn record(&self, event: Event) -> Result<Receipt, AuditError> {
         Ok(self.wal.append(event).await?)

@@ -175,18 +175,28 @@ impl<S: Sealer> Wal<S> {
 
     /// Appends one item; returns once its line is on disk.
     pub async fn append(&self, item: S::Item) -> Result<S::Receipt, WalError> {
+        self.submit(item)?.await
+    }
+
+    /// Queues one item now and returns a future that resolves once its line is
+    /// on disk. Lines reach the disk in submission order, so once any later
+    /// append has returned `Ok`, this one is durable too; and if this one
+    /// fails, the file is poisoned and every later append fails. A caller may
+    /// therefore drop the future when its next step is another append it waits
+    /// for, and save a flush.
+    pub fn submit(
+        &self,
+        item: S::Item,
+    ) -> Result<impl std::future::Future<Output = Result<S::Receipt, WalError>> + Send + 'static, WalError> {
+        let path = self.path.clone();
         if self.poisoned.load(Ordering::Acquire) {
-            return Err(WalError::Poisoned {
-                path: (*self.path).clone(),
-            });
+            return Err(WalError::Poisoned { path: (*path).clone() });
         }
         let (reply, rx) = oneshot::channel();
-        self.tx.send((item, reply)).map_err(|_| WalError::Closed {
-            path: (*self.path).clone(),
-        })?;
-        rx.await.map_err(|_| WalError::Closed {
-            path: (*self.path).clone(),
-        })?
+        self.tx
+            .send((item, reply))
+            .map_err(|_| WalError::Closed { path: (*path).clone() })?;
+        Ok(async move { rx.await.map_err(|_| WalError::Closed { path: (*path).clone() })? })
     }
 
     /// Whether an earlier write failed (the file accepts nothing more).

@@ -28,8 +28,11 @@ struct Shared {
     store: Store,
     /// Held by the provider side from a describe to the create, update or
     /// delete it decides on, so two operations on the same resource in this
-    /// process cannot both decide to create it.
-    decisions: tokio::sync::Mutex<()>,
+    /// process cannot both decide to create it. One lock a cluster (shared by
+    /// its node pools and sandboxes, whose create and the cluster's delete
+    /// check each other) and one a database: unrelated resources do not wait
+    /// for each other.
+    decisions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The `Shared` of every state directory open in this process, by canonical path.
@@ -80,7 +83,7 @@ impl SimCloud {
             None => {
                 let shared = Arc::new(Shared {
                     store: Store::open(&dir)?,
-                    decisions: tokio::sync::Mutex::new(()),
+                    decisions: Mutex::new(HashMap::new()),
                 });
                 open.insert(dir, Arc::downgrade(&shared));
                 shared
@@ -104,9 +107,19 @@ impl SimCloud {
         write_faults(self.state_dir(), faults)
     }
 
-    /// Holds off other provider-side decisions on this state directory.
-    pub(crate) async fn decision_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.shared.decisions.lock().await
+    /// Holds off other provider-side decisions about `address` (and, for a
+    /// cluster, its node pools and sandboxes) on this state directory.
+    pub(crate) async fn decision_lock(&self, address: &Address) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = match (address.kind, &address.cluster) {
+            (_, Some(cluster)) => format!("cluster/{cluster}"),
+            (byoc_provider::ResourceKind::Cluster, None) => format!("cluster/{}", address.name),
+            (kind, None) => format!("{kind}/{}", address.name),
+        };
+        let lock = {
+            let mut all = self.shared.decisions.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(all.entry(key).or_default())
+        };
+        lock.lock_owned().await
     }
 
     /// Runs `f` on the store, under its lock, on the blocking thread pool
@@ -133,8 +146,13 @@ impl SimCloud {
         address: &Address,
         mutating: bool,
     ) -> Result<(), ProviderError> {
+        ctx.before_call(action, &address.resource(), mutating).await?;
+        self.faults(ctx, action, address).await
+    }
+
+    /// The faults injected into a call whose before-call hook already ran.
+    async fn faults(&self, ctx: &CallContext<'_>, action: &str, address: &Address) -> Result<(), ProviderError> {
         let resource = address.resource();
-        ctx.before_call(action, &resource, mutating).await?;
         tracing::debug!(operation = ctx.operation_id, action, resource, "sim cloud call");
         let act = action.to_string();
         let injected = self.locked(move |store| Ok(store.inject_faults(&act)?)).await?;
@@ -157,7 +175,29 @@ impl SimCloud {
         ctx: &CallContext<'_>,
         address: &Address,
     ) -> Result<Option<Live>, ProviderError> {
-        self.call(ctx, &address.action("Describe"), address, false).await?;
+        self.announce_describe(ctx, address).await?;
+        self.describe_announced(ctx, address).await
+    }
+
+    /// The before-call hook of a describe of `address`. The provider side runs
+    /// it before taking a decision lock, so that the audit record's flush does
+    /// not hold up other operations on the same resource.
+    pub(crate) async fn announce_describe(
+        &self,
+        ctx: &CallContext<'_>,
+        address: &Address,
+    ) -> Result<(), ProviderError> {
+        ctx.before_call(&address.action("Describe"), &address.resource(), false)
+            .await
+    }
+
+    /// A describe whose before-call hook already ran (`announce_describe`).
+    pub(crate) async fn describe_announced(
+        &self,
+        ctx: &CallContext<'_>,
+        address: &Address,
+    ) -> Result<Option<Live>, ProviderError> {
+        self.faults(ctx, &address.action("Describe"), address).await?;
         let address = address.clone();
         self.locked(move |store| {
             let Some((path, stored)) = store.load(&address)? else {

@@ -47,8 +47,11 @@
 //!   calls.json                             mutating calls made, per action
 //! ```
 //!
-//! Within one process, calls are serialized per state directory where they
-//! must be (describe-then-create, read-modify-write of counters); across
+//! Within one process, provider-side decisions (describe, then create, update
+//! or delete) are serialized per cluster (a cluster with its node pools and
+//! sandboxes) and per database, so unrelated resources proceed in parallel;
+//! the describe's before-call hook runs before that lock is taken. Reads and
+//! writes of the state files are serialized per state directory; across
 //! processes, a create is still exclusive (the resource file is linked into
 //! place only if absent), which is what an agent restarting on the same
 //! directory needs.

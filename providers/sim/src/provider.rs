@@ -44,9 +44,10 @@ impl Provider for SimCloud {
         spec.validate()?;
         let address = Address::of(spec);
         loop {
+            self.announce_describe(ctx, &address).await?;
             let next = {
-                let _decisions = self.decision_lock().await;
-                match self.describe(ctx, &address).await? {
+                let _decisions = self.decision_lock(&address).await;
+                match self.describe_announced(ctx, &address).await? {
                     None => match self.create(ctx, spec).await? {
                         Some(live) => Next::Wait(live.stored.id),
                         None => Next::DescribeAgain,
@@ -67,9 +68,10 @@ impl Provider for SimCloud {
     async fn delete(&self, ctx: &CallContext<'_>, spec: &ResourceSpec) -> Result<Outputs, ProviderError> {
         spec.validate()?;
         let address = Address::of(spec);
+        self.announce_describe(ctx, &address).await?;
         let id = {
-            let _decisions = self.decision_lock().await;
-            let Some(live) = self.describe(ctx, &address).await? else {
+            let _decisions = self.decision_lock(&address).await;
+            let Some(live) = self.describe_announced(ctx, &address).await? else {
                 return Ok(deleted_outputs(&address, None));
             };
             if live.status != ResourceStatus::Deleting {
