@@ -13,11 +13,34 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub enum ConnectError {
     #[error("control plane URL {url:?} is not valid: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot reach the control plane at {url}: {source}")]
+    #[error("cannot reach the control plane at {url}")]
     Unreachable {
         url: String,
+        #[source]
         source: tonic::transport::Error,
     },
+}
+
+/// `e` and its causes, joined by ": ", with repeats dropped (transport errors
+/// often wrap an error that says the same).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let msg = err.to_string();
+        if !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
+/// True when a connection failed because the server's certificate was not
+/// accepted (as opposed to the server being unreachable).
+pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let chain = error_chain(e);
+    chain.contains("certificate") || chain.contains("UnknownIssuer") || chain.contains("ApplicationVerificationFailure")
 }
 
 /// Host and port of an `https://host:port` URL.

@@ -64,9 +64,15 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
     // The private key is made here and never sent anywhere.
     let key = KeyPair::generate().context("generating the agent key pair")?;
     let tls = byoc_proto::transport::pinned_ca_client_config(token.ca_fingerprint)?;
-    let channel = crate::connect::channel(control_plane, tls, cfg.connection.connect_timeout)
-        .await
-        .context("the control plane's certificate must chain to the CA pinned by the token")?;
+    let channel = match crate::connect::channel(control_plane, tls, cfg.connection.connect_timeout).await {
+        Ok(c) => c,
+        Err(e) if crate::connect::is_certificate_error(&e) => bail!(
+            "{}: the control plane's certificate does not chain to the CA the token pins; \
+             is {control_plane} the control plane that made this token?",
+            crate::connect::error_chain(&e)
+        ),
+        Err(e) => bail!("{}", crate::connect::error_chain(&e)),
+    };
     let mut client = AgentServiceClient::new(channel);
     let t = &cfg.target;
     let resp = client

@@ -33,6 +33,10 @@ enum Cmd {
         control_plane: String,
     },
     /// Run the agent: connect out, receive operations, apply them.
+    ///
+    /// Stops on SIGTERM or SIGINT; operations in flight resume from the journal
+    /// at the next start. Exit code 0 on a clean stop, 2 on an error (the
+    /// message says which file or setting is at fault).
     Run {
         #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
         config: PathBuf,

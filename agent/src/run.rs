@@ -309,7 +309,7 @@ async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
         let error = match result {
             Ok(session::Ended::Shutdown) => return,
             Ok(session::Ended::ByControlPlane) => "control plane closed the session".to_string(),
-            Err(e) => e.to_string(),
+            Err(e) => crate::connect::error_chain(&e),
         };
         let wait = backoff.next().unwrap_or(c.max_backoff);
         warn!(error = %error, retry_in_ms = wait.as_millis() as u64, "disconnected from the control plane");

@@ -61,6 +61,8 @@ enum Cmd {
     /// submitted (a node pool needs its cluster first), and the exit code says
     /// whether all succeeded.
     Submit {
+        /// One operation (`action`, `kind`, `spec`, optional `target`) or a plan
+        /// (`target`, then `operations: [...]`), YAML or JSON; see examples/plan.yaml.
         file: PathBuf,
         /// Send to this agent instead of the one enrolled for the target.
         #[arg(long)]

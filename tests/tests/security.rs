@@ -226,7 +226,7 @@ fn a_control_plane_whose_ca_the_token_does_not_pin_is_refused() {
     let out = agent.enroll(&token_a, &cp_b.url);
     assert_refused("an enrollment with A's token against B", &out, "certificate");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("CA pinned by the token"), "{stderr}");
+    assert!(stderr.contains("does not chain to the CA the token pins"), "{stderr}");
     assert_no_identity(&agent.data_dir());
 
     // The token was never shown to B, and still works with A.
