@@ -124,9 +124,9 @@ pub enum AuditError {
     #[error("audit log: {0}")]
     Wal(#[from] WalError),
     #[error(
-        "audit log {path} is damaged at line {line}: {reason}; run `byoc-agent audit verify` and keep a copy before doing anything else"
+        "the last entry of audit log {path} is damaged: {reason}; run `byoc-agent audit verify` and keep a copy before doing anything else"
     )]
-    Damaged { path: String, line: u64, reason: String },
+    Damaged { path: String, reason: String },
 }
 
 /// The audit log writer. Every `record` returns only once the entry is on disk.
@@ -139,16 +139,16 @@ impl AuditLog {
     /// Opens (or creates) the log and continues its chain. Refuses to continue a
     /// chain whose last entry does not parse: appending to it would hide damage.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
-        let lines = wal::read_lines(path)?;
-        let (next_seq, prev) = match lines.last() {
+        // Only the last entry is needed to continue the chain: read the tail,
+        // not the whole log (it grows for the life of the agent).
+        let (next_seq, prev) = match wal::last_line(path)? {
             None => (0, GENESIS),
             Some(last) => {
                 let damaged = |reason: String| AuditError::Damaged {
                     path: path.display().to_string(),
-                    line: lines.len() as u64,
                     reason,
                 };
-                let e: Entry = serde_json::from_slice(last).map_err(|e| damaged(e.to_string()))?;
+                let e: Entry = serde_json::from_slice(&last).map_err(|e| damaged(e.to_string()))?;
                 let mut h = [0u8; 32];
                 hex::decode_to_slice(&e.hash, &mut h).map_err(|e| damaged(format!("hash: {e}")))?;
                 (e.seq + 1, h)

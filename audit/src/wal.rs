@@ -111,6 +111,60 @@ pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, WalError> {
     Ok(lines)
 }
 
+/// The last complete line of `path` (None when the file is missing or
+/// empty), reading only the end of the file. Like [`read_lines`], cuts off a
+/// torn tail first.
+pub fn last_line(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
+    let read_err = |source| WalError::Read {
+        path: path.into(),
+        source,
+    };
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(WalError::Open {
+                path: path.into(),
+                source,
+            });
+        }
+    };
+    let len = file.metadata().map_err(read_err)?.len();
+    // Read backwards until the tail holds the newline before the last line
+    // (or reaches the start of the file).
+    let mut tail: Vec<u8> = Vec::new();
+    let mut start = len;
+    loop {
+        let chunk = (64 * 1024u64).min(start);
+        let from = start.saturating_sub(chunk);
+        let mut buf = vec![0u8; (start - from) as usize];
+        file.seek(SeekFrom::Start(from)).map_err(read_err)?;
+        io::Read::read_exact(&mut file, &mut buf).map_err(read_err)?;
+        buf.extend_from_slice(&tail);
+        tail = buf;
+        start = from;
+        // Complete lines end at the last newline; a torn tail follows it.
+        let complete_end = tail.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
+        let enough = match complete_end {
+            Some(end) => start == 0 || tail[..end - 1].contains(&b'\n'),
+            None => start == 0,
+        };
+        if enough {
+            let end = complete_end.unwrap_or(0);
+            let complete_len = start + end as u64;
+            if complete_len < len {
+                file.set_len(complete_len).map_err(read_err)?;
+                file.sync_all().map_err(read_err)?;
+            }
+            if end == 0 {
+                return Ok(None);
+            }
+            let line_start = tail[..end - 1].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            return Ok(Some(tail[line_start..end - 1].to_vec()));
+        }
+    }
+}
+
 /// Replaces `path` with `lines` atomically: write a temporary file, sync it,
 /// rename it over `path`, sync the directory.
 pub fn rewrite(path: &Path, lines: &[Vec<u8>]) -> Result<(), WalError> {
@@ -297,6 +351,29 @@ mod tests {
         assert!(lines.iter().all(|l| l.starts_with(b"line ")));
         let raw = std::fs::read(&path).expect("raw");
         assert!(raw.ends_with(b"\n"), "torn tail was cut");
+    }
+
+    #[test]
+    fn last_line_reads_the_tail_and_cuts_a_torn_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l.log");
+        assert_eq!(last_line(&path).expect("missing"), None);
+        std::fs::write(&path, b"").expect("write");
+        assert_eq!(last_line(&path).expect("empty"), None);
+        std::fs::write(&path, b"only\n").expect("write");
+        assert_eq!(last_line(&path).expect("one"), Some(b"only".to_vec()));
+        // Long enough to need several chunks from the end.
+        let long = "x".repeat(200_000);
+        std::fs::write(&path, format!("a\n{long}\nhalf")).expect("write");
+        assert_eq!(last_line(&path).expect("long"), Some(long.clone().into_bytes()));
+        assert_eq!(
+            std::fs::read(&path).expect("read").len(),
+            2 + long.len() + 1,
+            "torn tail cut"
+        );
+        std::fs::write(&path, b"torn only").expect("write");
+        assert_eq!(last_line(&path).expect("torn"), None);
+        assert_eq!(std::fs::read(&path).expect("read").len(), 0);
     }
 
     #[tokio::test]
