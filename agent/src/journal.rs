@@ -12,14 +12,17 @@
 //! - `seen`: the highest operation sequence seen (also covers refusals, which
 //!   have no `op` record).
 //!
-//! At start the journal is replayed and compacted to what is still live.
+//! At start the journal is replayed and compacted to what is still live, and
+//! while the agent runs its writer compacts it again after every 4 MiB appended
+//! (from a model of the live records it keeps as it writes them), so the file
+//! stays the size of what is in flight.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use byoc_audit::wal::{self, Plain, Wal, WalError};
+use byoc_audit::wal::{self, Sealer, Wal, WalError};
 use byoc_proto::agent::v1::{Operation, OperationResult};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -32,7 +35,7 @@ pub enum JournalError {
     Corrupt { path: String, line: usize, message: String },
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Record {
     Op { b64: String },
@@ -53,22 +56,112 @@ pub struct Replayed {
     pub highest_op_seq: u64,
 }
 
-#[derive(Clone)]
-pub struct Journal {
-    wal: Wal<Plain>,
-}
+/// Once this many bytes have been appended, the journal is rewritten from its
+/// model: a long-running agent's journal stays the size of what is live.
+const COMPACT_AFTER_BYTES: u64 = 4 * 1024 * 1024;
 
 fn line(r: &Record) -> Vec<u8> {
     serde_json::to_vec(r).unwrap_or_default()
+}
+
+fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
+    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
+    M::decode(bytes.as_slice()).map_err(|e| e.to_string())
+}
+
+/// What is live in the journal: the state replay rebuilds, and the state the
+/// writer keeps current as it seals records, to rewrite the file from.
+#[derive(Debug, Default)]
+struct Model {
+    highest_op_seq: u64,
+    highest_result_seq: u64,
+    acked: u64,
+    /// Accepted, no result yet: operation id -> (sequence, record).
+    pending: BTreeMap<String, (u64, String)>,
+    /// Results not acknowledged: result sequence -> record.
+    outbox: BTreeMap<u64, String>,
+}
+
+impl Model {
+    fn apply(&mut self, rec: &Record) -> Result<(), String> {
+        match rec {
+            Record::Op { b64 } => {
+                let op: Operation = decode(b64)?;
+                self.highest_op_seq = self.highest_op_seq.max(op.sequence);
+                self.pending.insert(op.id, (op.sequence, b64.clone()));
+            }
+            Record::Result { b64 } => {
+                let r: OperationResult = decode(b64)?;
+                self.highest_result_seq = self.highest_result_seq.max(r.result_seq);
+                self.highest_op_seq = self.highest_op_seq.max(r.sequence);
+                self.pending.remove(&r.operation_id);
+                if r.result_seq > self.acked {
+                    self.outbox.insert(r.result_seq, b64.clone());
+                }
+            }
+            Record::Ack { result_seq } => {
+                self.acked = self.acked.max(*result_seq);
+                self.highest_result_seq = self.highest_result_seq.max(self.acked);
+                let acked = self.acked;
+                self.outbox.retain(|seq, _| *seq > acked);
+            }
+            Record::Seen { seq } => self.highest_op_seq = self.highest_op_seq.max(*seq),
+        }
+        Ok(())
+    }
+
+    /// Records that rebuild this model.
+    fn snapshot(&self) -> Vec<Vec<u8>> {
+        let mut out = vec![
+            line(&Record::Seen {
+                seq: self.highest_op_seq,
+            }),
+            line(&Record::Ack { result_seq: self.acked }),
+        ];
+        let mut pending: Vec<_> = self.pending.values().collect();
+        pending.sort_by_key(|(seq, _)| *seq);
+        out.extend(
+            pending
+                .into_iter()
+                .map(|(_, b64)| line(&Record::Op { b64: b64.clone() })),
+        );
+        out.extend(
+            self.outbox
+                .values()
+                .map(|b64| line(&Record::Result { b64: b64.clone() })),
+        );
+        out
+    }
+}
+
+/// Seals journal records into lines, keeping the model current.
+struct JournalSealer(Model);
+
+impl Sealer for JournalSealer {
+    type Item = Record;
+    type Receipt = ();
+
+    fn seal(&mut self, rec: Record) -> (Vec<u8>, ()) {
+        // Records are built from values this process encoded: they decode.
+        let _ = self.0.apply(&rec);
+        (line(&rec), ())
+    }
+
+    fn snapshot(&self) -> Option<Vec<Vec<u8>>> {
+        Some(self.0.snapshot())
+    }
+}
+
+#[derive(Clone)]
+pub struct Journal {
+    wal: Wal<JournalSealer>,
 }
 
 impl Journal {
     /// Replays and compacts `path`, then opens it for appending.
     pub fn open(path: &Path) -> Result<(Self, Replayed), JournalError> {
         let lines = wal::read_lines(path)?;
-        let mut ops: BTreeMap<u64, Operation> = BTreeMap::new();
-        let mut done: std::collections::HashSet<String> = Default::default();
-        let mut st = Replayed::default();
+        let mut model = Model::default();
         for (i, l) in lines.iter().enumerate() {
             let corrupt = |message: String| JournalError::Corrupt {
                 path: path.display().to_string(),
@@ -76,77 +169,62 @@ impl Journal {
                 message,
             };
             let rec: Record = serde_json::from_slice(l).map_err(|e| corrupt(e.to_string()))?;
-            match rec {
-                Record::Op { b64 } => {
-                    let op = Operation::decode(B64.decode(b64).map_err(|e| corrupt(e.to_string()))?.as_slice())
-                        .map_err(|e| corrupt(e.to_string()))?;
-                    st.highest_op_seq = st.highest_op_seq.max(op.sequence);
-                    ops.insert(op.sequence, op);
-                }
-                Record::Result { b64 } => {
-                    let r = OperationResult::decode(B64.decode(b64).map_err(|e| corrupt(e.to_string()))?.as_slice())
-                        .map_err(|e| corrupt(e.to_string()))?;
-                    st.highest_result_seq = st.highest_result_seq.max(r.result_seq);
-                    st.highest_op_seq = st.highest_op_seq.max(r.sequence);
-                    done.insert(r.operation_id.clone());
-                    st.outbox.insert(r.result_seq, r);
-                }
-                Record::Ack { result_seq } => st.acked_result_seq = st.acked_result_seq.max(result_seq),
-                Record::Seen { seq } => st.highest_op_seq = st.highest_op_seq.max(seq),
-            }
+            model.apply(&rec).map_err(corrupt)?;
         }
-        let acked = st.acked_result_seq;
-        st.outbox.retain(|seq, _| *seq > acked);
-        st.highest_result_seq = st.highest_result_seq.max(acked);
-        st.pending = ops.into_values().filter(|o| !done.contains(&o.id)).collect();
-
-        let mut compact = vec![
-            line(&Record::Seen { seq: st.highest_op_seq }),
-            line(&Record::Ack { result_seq: acked }),
-        ];
-        for op in &st.pending {
-            compact.push(line(&Record::Op {
-                b64: B64.encode(op.encode_to_vec()),
-            }));
-        }
-        for r in st.outbox.values() {
-            compact.push(line(&Record::Result {
-                b64: B64.encode(r.encode_to_vec()),
-            }));
-        }
-        wal::rewrite(path, &compact)?;
-        Ok((
-            Self {
-                wal: Wal::open(path, Plain)?,
-            },
-            st,
-        ))
+        wal::rewrite(path, &model.snapshot())?;
+        let corrupt = |message: String| JournalError::Corrupt {
+            path: path.display().to_string(),
+            line: 0,
+            message,
+        };
+        let mut pending: Vec<Operation> = model
+            .pending
+            .values()
+            .map(|(_, b64)| decode(b64))
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?;
+        pending.sort_by_key(|o| o.sequence);
+        let outbox = model
+            .outbox
+            .iter()
+            .map(|(seq, b64)| decode(b64).map(|r| (*seq, r)))
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)?;
+        let replayed = Replayed {
+            pending,
+            outbox,
+            acked_result_seq: model.acked,
+            highest_result_seq: model.highest_result_seq,
+            highest_op_seq: model.highest_op_seq,
+        };
+        let wal = Wal::open_compacting(path, JournalSealer(model), Some(COMPACT_AFTER_BYTES))?;
+        Ok((Self { wal }, replayed))
     }
 
     pub async fn accepted(&self, op: &Operation) -> Result<(), JournalError> {
         Ok(self
             .wal
-            .append(line(&Record::Op {
+            .append(Record::Op {
                 b64: B64.encode(op.encode_to_vec()),
-            }))
+            })
             .await?)
     }
 
     pub async fn result(&self, r: &OperationResult) -> Result<(), JournalError> {
         Ok(self
             .wal
-            .append(line(&Record::Result {
+            .append(Record::Result {
                 b64: B64.encode(r.encode_to_vec()),
-            }))
+            })
             .await?)
     }
 
     pub async fn acked(&self, result_seq: u64) -> Result<(), JournalError> {
-        Ok(self.wal.append(line(&Record::Ack { result_seq })).await?)
+        Ok(self.wal.append(Record::Ack { result_seq }).await?)
     }
 
     pub async fn seen(&self, seq: u64) -> Result<(), JournalError> {
-        Ok(self.wal.append(line(&Record::Seen { seq })).await?)
+        Ok(self.wal.append(Record::Seen { seq }).await?)
     }
 }
 
@@ -192,6 +270,52 @@ mod tests {
             assert_eq!(st.highest_result_seq, 2);
             assert_eq!(st.highest_op_seq, 3);
         }
+    }
+
+    #[tokio::test]
+    async fn a_long_run_is_compacted_to_what_is_live_without_losing_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.log");
+        let (j, _) = Journal::open(&path).expect("open");
+        let spec = "x".repeat(1000);
+        // Far more than the compaction threshold of records, most of them done with.
+        for s in 1..=6000u64 {
+            let o = Operation {
+                id: format!("op-{s}"),
+                sequence: s,
+                spec_json: spec.clone(),
+                ..Default::default()
+            };
+            j.accepted(&o).await.expect("accept");
+            if s % 1000 != 0 {
+                let r = OperationResult {
+                    result_seq: s,
+                    operation_id: o.id.clone(),
+                    sequence: s,
+                    ..Default::default()
+                };
+                j.result(&r).await.expect("result");
+                if s < 5990 {
+                    j.acked(s).await.expect("ack");
+                }
+            }
+        }
+        let size = std::fs::metadata(&path).expect("meta").len();
+        assert!(
+            size < COMPACT_AFTER_BYTES + 64 * 1024,
+            "compacted while running: {size} bytes"
+        );
+        drop(j);
+        let (_j, st) = Journal::open(&path).expect("reopen");
+        let pending: Vec<u64> = st.pending.iter().map(|o| o.sequence).collect();
+        assert_eq!(pending, vec![1000, 2000, 3000, 4000, 5000, 6000]);
+        assert_eq!(
+            st.outbox.keys().copied().collect::<Vec<_>>(),
+            (5990..=5999).collect::<Vec<_>>()
+        );
+        assert_eq!(st.acked_result_seq, 5989);
+        assert_eq!(st.highest_op_seq, 6000);
+        assert_eq!(st.highest_result_seq, 5999);
     }
 
     #[tokio::test]

@@ -38,6 +38,15 @@ pub trait Sealer: Send + 'static {
     type Item: Send + 'static;
     type Receipt: Send + 'static;
     fn seal(&mut self, item: Self::Item) -> (Vec<u8>, Self::Receipt);
+
+    /// Lines that say everything the file says so far, if this sealer keeps
+    /// such a model. With [`Wal::compact_after`] set, the writer replaces the
+    /// file with them once that many bytes have been appended: a file of
+    /// state (a journal) stays bounded while an append-only record (the audit
+    /// log, which returns None) is never rewritten.
+    fn snapshot(&self) -> Option<Vec<Vec<u8>>> {
+        None
+    }
 }
 
 /// A sealer for callers that already have their line.
@@ -199,6 +208,15 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
 impl<S: Sealer> Wal<S> {
     /// Opens `path` for appending (creating it, mode 0600) and starts its writer.
     pub fn open(path: &Path, sealer: S) -> Result<Self, WalError> {
+        Self::open_compacting(path, sealer, None)
+    }
+
+    /// Like [`open`](Self::open); with `compact_after`, the writer rewrites
+    /// the file from [`Sealer::snapshot`] each time that many bytes have been
+    /// appended since the last rewrite. The rewrite happens in the writer
+    /// thread, between batches, so no append can fall between the snapshot
+    /// and the file that replaces it.
+    pub fn open_compacting(path: &Path, sealer: S, compact_after: Option<u64>) -> Result<Self, WalError> {
         let open_err = |source| WalError::Open {
             path: path.into(),
             source,
@@ -219,6 +237,8 @@ impl<S: Sealer> Wal<S> {
             rx,
             poisoned: poisoned.clone(),
             path: path.clone(),
+            compact_after,
+            appended: 0,
         };
         std::thread::Builder::new()
             .name("wal-writer".into())
@@ -269,9 +289,53 @@ struct Writer<S: Sealer> {
     rx: mpsc::Receiver<(S::Item, Reply<S::Receipt>)>,
     poisoned: Arc<AtomicBool>,
     path: Arc<PathBuf>,
+    compact_after: Option<u64>,
+    /// Bytes appended since the file was opened or last rewritten.
+    appended: u64,
 }
 
 impl<S: Sealer> Writer<S> {
+    /// Replaces the file with the sealer's snapshot. The new file is written
+    /// and synced under a temporary name and kept open, then renamed over the
+    /// old one: at every instant the path holds a complete file. On any error
+    /// the old file stays in use (it is still correct, only longer).
+    fn compact(&mut self) {
+        let Some(lines) = self.sealer.snapshot() else { return };
+        let tmp = self.path.with_extension("compact.tmp");
+        let write_tmp = || -> io::Result<File> {
+            let mut opts = OpenOptions::new();
+            opts.create(true).write(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            let mut buf = Vec::new();
+            for l in &lines {
+                buf.extend_from_slice(l);
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+            Ok(f)
+        };
+        // Try again after as many bytes more, whatever happens.
+        self.appended = 0;
+        let Ok(new_file) = write_tmp() else {
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        };
+        if std::fs::rename(&tmp, &*self.path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        // The path now names the new file: append there from now on.
+        self.file = new_file;
+        if sync_dir(&self.path).is_err() {
+            // The rename may not survive a crash, and appends to the new file
+            // would then be lost with it: accept nothing more.
+            self.poisoned.store(true, Ordering::Release);
+        }
+    }
+
     fn run(mut self) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut pending = Vec::with_capacity(256);
@@ -303,6 +367,10 @@ impl<S: Sealer> Writer<S> {
                 Ok(()) => {
                     for (receipt, reply) in receipts {
                         let _ = reply.send(Ok(receipt));
+                    }
+                    self.appended += buf.len() as u64;
+                    if self.compact_after.is_some_and(|limit| self.appended >= limit) {
+                        self.compact();
                     }
                 }
                 Err(e) => {
