@@ -242,7 +242,9 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
         Some(control_message::Body::Welcome(_)) => {
             return Err(SessionError::Protocol("a second welcome".into()));
         }
-        None => return Err(SessionError::Protocol("an empty message".into())),
+        // A message kind from a newer control plane (or an empty one): skip it,
+        // as protobuf's compatibility rules intend.
+        None => warn!("ignoring a control-plane message of an unknown kind"),
     }
     Ok(())
 }

@@ -198,6 +198,14 @@ impl AgentService for AgentApi {
                 hello.agent_id
             )));
         }
+        let enrolled = self.store.lock().agents.get(&agent).map(|a| a.target.clone());
+        if enrolled.is_some() && hello.target != enrolled {
+            let t = hello.target.clone().unwrap_or_default();
+            return Err(Status::permission_denied(format!(
+                "hello says this agent serves {}/{}/{}, not the target it enrolled for",
+                t.cloud, t.account, t.region
+            )));
+        }
         let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(1024);
         let live = self.hub.connect(&agent, &hello.agent_version, now_ms(), tx.clone());
         info!(agent = %agent, version = %hello.agent_version, highest_seq = hello.highest_operation_sequence,
@@ -364,10 +372,9 @@ impl AgentApi {
                         .await;
                     break "protocol error: second hello".to_string();
                 }
-                None => {
-                    let _ = tx.send(Err(Status::invalid_argument("empty agent message"))).await;
-                    break "protocol error: empty message".to_string();
-                }
+                // A message kind from a newer agent (or an empty one): skip it,
+                // as protobuf's compatibility rules intend.
+                None => warn!(agent = %agent, "ignoring an agent message of an unknown kind"),
             }
         };
         info!(agent = %agent, %reason, "agent session ended");

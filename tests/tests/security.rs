@@ -294,3 +294,27 @@ fn the_agent_listens_on_no_port_and_keeps_its_key_private() {
     assert_eq!(mode(&identity.join("agent.key")), 0o600, "agent.key");
     assert_eq!(mode(&identity), 0o700, "the identity directory");
 }
+
+#[test]
+fn an_agent_cannot_claim_a_target_other_than_the_one_it_enrolled_for() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let mut agent = w.agent_config("agent", SimDelays::default());
+    let out = agent.enroll(&cp.token("15m"), &cp.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The installer (or an attacker with the host) edits the account afterwards.
+    let text = std::fs::read_to_string(&agent.config).expect("config");
+    std::fs::write(
+        &agent.config,
+        text.replace("account = \"acct-1\"", "account = \"acct-2\""),
+    )
+    .expect("config");
+    agent.start();
+    byoc_tests::wait_for(
+        "the refusal in the agent's log",
+        std::time::Duration::from_secs(20),
+        || agent.log().contains("not the target it enrolled for").then_some(()),
+    );
+    assert!(agent.is_running(), "refused, not crashed");
+    assert!(!cp.agents().contains(" connected "), "{}", cp.agents());
+}
