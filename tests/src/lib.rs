@@ -407,7 +407,14 @@ impl Agent {
     /// The audit log's entries.
     pub fn audit(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(self.data_dir().join("audit.log")).unwrap_or_default();
-        text.lines()
+        // The agent may be appending right now: a last line without its newline
+        // is still being written, not damage.
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        complete
+            .lines()
             .map(|l| serde_json::from_str(l).expect("audit entry"))
             .collect()
     }
