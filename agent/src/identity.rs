@@ -58,21 +58,10 @@ fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
 /// of the directory), with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    use std::io::Write;
-    let io = |source| IdentityError::Io {
+    byoc_audit::wal::write_atomic(path, bytes, mode).map_err(|source| IdentityError::Io {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    byoc_audit::wal::sync_dir(path).map_err(io)
+    })
 }
 
 /// Completes a renewal interrupted by a crash. The certificate is written

@@ -177,23 +177,38 @@ pub fn last_line(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
 /// Replaces `path` with `lines` atomically: write a temporary file, sync it,
 /// rename it over `path`, sync the directory.
 pub fn rewrite(path: &Path, lines: &[Vec<u8>]) -> Result<(), WalError> {
-    let write_err = |source| WalError::Write {
+    let mut buf = Vec::new();
+    for l in lines {
+        buf.extend_from_slice(l);
+        buf.push(b'\n');
+    }
+    write_atomic(path, &buf, 0o600).map_err(|source| WalError::Write {
         path: path.into(),
         source,
-    };
-    let tmp = path.with_extension("rewrite.tmp");
+    })
+}
+
+/// Replaces `path` with `bytes` so that a crash at any point leaves either the
+/// old file or the new one, and the new one is durable on return: a temporary
+/// file beside it (mode `mode`) is written and synced, renamed over `path`,
+/// and the directory synced.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
     {
-        let mut f = File::create(&tmp).map_err(write_err)?;
-        let mut buf = Vec::new();
-        for l in lines {
-            buf.extend_from_slice(l);
-            buf.push(b'\n');
-        }
-        f.write_all(&buf).map_err(write_err)?;
-        f.sync_all().map_err(write_err)?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
     }
-    std::fs::rename(&tmp, path).map_err(write_err)?;
-    sync_dir(path).map_err(write_err)
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path)
 }
 
 /// Syncs the directory holding `path`, so a create or rename in it is durable.
@@ -442,6 +457,17 @@ mod tests {
         std::fs::write(&path, b"torn only").expect("write");
         assert_eq!(last_line(&path).expect("torn"), None);
         assert_eq!(std::fs::read(&path).expect("read").len(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn rewritten_files_stay_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j.log");
+        rewrite(&path, &[b"a".to_vec()]).expect("rewrite");
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[tokio::test]
