@@ -15,6 +15,16 @@ cargo fmt --all -- --check
 echo "==> lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> dependency policy (deny.toml: bans, licenses, sources)"
+DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
+  echo "    installing cargo-deny $DENY_VERSION (once per machine)"
+  cargo install cargo-deny --version "$DENY_VERSION" --locked --quiet
+fi
+# Advisories need the RustSec database from GitHub, which this network does
+# not reach; run `cargo deny check advisories` where it does.
+cargo deny --log-level error check bans licenses sources
+
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
