@@ -62,7 +62,7 @@ pub enum Ended {
 }
 
 /// Runs one session. Returns once it ends; `connected` is set once welcomed
-/// (the caller resets its backoff then).
+/// (the caller resets its backoff if the session then lasted a while).
 pub async fn run_session(
     agent: &Agent,
     shutdown: &tokio_util::sync::CancellationToken,
