@@ -78,7 +78,13 @@ pub struct Checker<'a> {
     pub operation_key: &'a [u8],
     pub highest_seq: u64,
     pub now_ms: i64,
+    /// Longest `not_after - issued_at` accepted: a signed operation is a
+    /// bearer instruction, so it must not stay usable for long.
+    pub max_lifetime_ms: i64,
 }
+
+/// Clock skew tolerated between the control plane and the agent for `issued_at`.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 impl Checker<'_> {
     /// Runs every check, cheapest trust decision first: nothing in an operation
@@ -113,6 +119,29 @@ impl Checker<'_> {
                 "expired",
                 "not_after",
                 format!("operation expired {} ms ago", self.now_ms - op.not_after_unix_ms),
+            ));
+        }
+        let lifetime = op.not_after_unix_ms.saturating_sub(op.issued_at_unix_ms);
+        if lifetime > self.max_lifetime_ms {
+            return Err(Refusal::new(
+                "lifetime_too_long",
+                "max_operation_lifetime",
+                format!(
+                    "operation is valid for {} s (issued_at to not_after); this agent accepts at most {} s \
+                     (checks.max_operation_lifetime)",
+                    lifetime / 1000,
+                    self.max_lifetime_ms / 1000
+                ),
+            ));
+        }
+        if op.issued_at_unix_ms > self.now_ms + MAX_CLOCK_SKEW_MS {
+            return Err(Refusal::new(
+                "not_yet_valid",
+                "issued_at",
+                format!(
+                    "operation is issued {} s in the future; check the clocks of the agent and the control plane",
+                    (op.issued_at_unix_ms - self.now_ms) / 1000
+                ),
             ));
         }
         let t = op.target.clone().unwrap_or_default();

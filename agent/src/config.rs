@@ -20,6 +20,8 @@ pub struct Config {
     pub executor: ExecutorConfig,
     #[serde(default)]
     pub connection: ConnectionConfig,
+    #[serde(default)]
+    pub checks: ChecksConfig,
     pub provider: ProviderConfig,
 }
 
@@ -56,6 +58,26 @@ fn default_concurrency() -> usize {
 }
 fn default_deadline() -> Duration {
     Duration::from_secs(30 * 60)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksConfig {
+    /// Operations whose `not_after - issued_at` is longer are refused.
+    #[serde(default = "default_max_lifetime", with = "humantime_serde")]
+    pub max_operation_lifetime: Duration,
+}
+
+impl Default for ChecksConfig {
+    fn default() -> Self {
+        Self {
+            max_operation_lifetime: default_max_lifetime(),
+        }
+    }
+}
+
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +145,13 @@ impl Config {
         }
         if cfg.executor.operation_deadline < Duration::from_secs(1) {
             return Err(invalid("executor.operation_deadline must be at least 1s".into()));
+        }
+        if cfg.checks.max_operation_lifetime < Duration::from_secs(10)
+            || cfg.checks.max_operation_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return Err(invalid(
+                "checks.max_operation_lifetime must be between 10s and 24h".into(),
+            ));
         }
         if cfg.connection.min_backoff.is_zero() || cfg.connection.max_backoff < cfg.connection.min_backoff {
             return Err(invalid(

@@ -195,6 +195,7 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 operation_key: &agent.operation_key,
                 highest_seq: agent.highest_seq(),
                 now_ms: now_ms(),
+                max_lifetime_ms: agent.cfg.checks.max_operation_lifetime.as_millis() as i64,
             };
             let seq = op.sequence;
             let op_id = op.id.clone();

@@ -414,3 +414,67 @@ async fn a_forged_or_misaddressed_operation_does_not_use_up_sequence_numbers() {
     let r = cp.result("op-genuine").await;
     assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_expired_over_long_lived_and_future_operations_are_refused_and_audited() {
+    let w = World::new();
+    let (mut cp, agent) = start(&w).await;
+    let s = cp.session(1).await;
+    let minute = 60 * 1000;
+    // A correctly signed operation with the given validity window.
+    let timed = |cp: &ControlPlane, id: &str, seq: u64, issued: i64, not_after: i64| {
+        let mut op = cp.operation(id, seq, ResourceKind::Cluster, cluster("a"));
+        op.issued_at_unix_ms = issued;
+        op.not_after_unix_ms = not_after;
+        byoc_proto::signing::sign(&mut op, &cp.op_key);
+        op
+    };
+
+    s.operation(cp.operation("op-1", 1, ResourceKind::Cluster, cluster("a")))
+        .await;
+    let r = cp.result("op-1").await;
+    assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
+    s.ack(&r).await;
+
+    // The same sequence again, under a new id: a replay.
+    s.operation(cp.operation("op-replay", 1, ResourceKind::Cluster, cluster("a")))
+        .await;
+    assert_eq!(
+        assert_refused(&cp.result("op-replay").await, "replayed").rule,
+        "sequence"
+    );
+    let now = now_ms();
+    s.operation(timed(&cp, "op-expired", 2, now - 20 * minute, now - 5 * minute))
+        .await;
+    assert_eq!(
+        assert_refused(&cp.result("op-expired").await, "expired").rule,
+        "not_after"
+    );
+    s.operation(timed(&cp, "op-long", 3, now, now + 16 * minute)).await;
+    let long = assert_refused(&cp.result("op-long").await, "lifetime_too_long");
+    assert!(long.message.contains("at most 900 s"), "{long:?}");
+    s.operation(timed(&cp, "op-future", 4, now + 10 * minute, now + 12 * minute))
+        .await;
+    assert_eq!(
+        assert_refused(&cp.result("op-future").await, "not_yet_valid").rule,
+        "issued_at"
+    );
+
+    // Each refusal is one audit entry, with its code, and nothing else ran.
+    let audit = agent.audit();
+    for (id, code) in [
+        ("op-replay", "replayed"),
+        ("op-expired", "expired"),
+        ("op-long", "lifetime_too_long"),
+        ("op-future", "not_yet_valid"),
+    ] {
+        let entries: Vec<_> = audit.iter().filter(|e| e["op"] == id).collect();
+        assert_eq!(entries.len(), 1, "{id}: {entries:?}");
+        assert_eq!(entries[0]["kind"], "operation.refused");
+        assert_eq!(entries[0]["detail"]["code"], code);
+    }
+    // The genuine next operation still runs.
+    s.operation(cp.operation("op-5", 5, ResourceKind::Cluster, cluster("b")))
+        .await;
+    assert_eq!(cp.result("op-5").await.outcome(), Outcome::Succeeded);
+}
