@@ -81,6 +81,8 @@ pub struct Checker<'a> {
     /// Longest `not_after - issued_at` accepted: a signed operation is a
     /// bearer instruction, so it must not stay usable for long.
     pub max_lifetime_ms: i64,
+    /// The local kill switch, when set.
+    pub paused: Option<&'a crate::pause::Pause>,
 }
 
 /// Clock skew tolerated between the control plane and the agent for `issued_at`.
@@ -113,6 +115,16 @@ impl Checker<'_> {
                 ),
             )
             .untrusted());
+        }
+        if let Some(p) = self.paused {
+            return Err(Refusal::new(
+                "paused",
+                "local_kill_switch",
+                format!(
+                    "the agent is paused on its host by {}: {}; nothing runs until `byoc-agent resume`",
+                    p.by, p.reason
+                ),
+            ));
         }
         if op.not_after_unix_ms <= self.now_ms {
             return Err(Refusal::new(

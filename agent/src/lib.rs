@@ -20,6 +20,7 @@ pub mod executor;
 pub mod identity;
 pub mod journal;
 pub mod outbox;
+pub mod pause;
 pub mod run;
 pub mod session;
 pub mod status;

@@ -46,6 +46,20 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
         config: PathBuf,
     },
+    /// Local kill switch: refuse every operation until `resume`. Works whether
+    /// or not the agent is running; the agent audits who paused it and why.
+    Pause {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+        /// Why (recorded in the audit log and shown to the control plane in each refusal).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Lift the local kill switch.
+    Resume {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
     /// Read and verify the local audit log (works offline, trusts nothing).
     Audit {
         #[command(subcommand)]
@@ -128,6 +142,30 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config } => status(&Config::load(&config)?),
+        Cmd::Pause { config, reason } => {
+            let cfg = Config::load(&config)?;
+            let p = byoc_agent::pause::pause(&cfg.data_dir, &reason, byoc_agent::executor::now_ms())
+                .with_context(|| format!("writing {}", byoc_agent::pause::path(&cfg.data_dir).display()))?;
+            println!(
+                "paused by {}: every operation is refused until `byoc-agent resume`",
+                p.by
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Resume { config } => {
+            let cfg = Config::load(&config)?;
+            let was = byoc_agent::pause::resume(&cfg.data_dir)
+                .with_context(|| format!("removing {}", byoc_agent::pause::path(&cfg.data_dir).display()))?;
+            println!(
+                "{}",
+                if was {
+                    "resumed: operations run again"
+                } else {
+                    "the agent was not paused"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit {
             cmd: AuditCmd::Verify { log, config },
         } => {
@@ -236,5 +274,14 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
         }
     );
     println!("unacked results: {}", s.results_unacknowledged);
+    // The switch itself, not the agent's last view of it.
+    if let Some(p) = &byoc_agent::pause::read(&cfg.data_dir) {
+        println!(
+            "PAUSED:         since {} by {}: {}",
+            fmt_ms(p.since_unix_ms),
+            p.by,
+            p.reason
+        );
+    }
     Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }

@@ -41,6 +41,9 @@ pub struct Agent {
     identity: Mutex<Identity>,
     highest_seq: AtomicU64,
     outbox_stats: tokio::sync::watch::Receiver<OutboxStats>,
+    /// The kill switch as last audited. Starts as "not paused", so a pause set
+    /// while the agent was stopped is audited at start.
+    pause_seen: tokio::sync::Mutex<Option<crate::pause::Pause>>,
 }
 
 impl Agent {
@@ -118,6 +121,32 @@ impl Agent {
             }
             Err(e) => warn!(error = %e, "certificate renewal failed; will retry"),
         }
+    }
+
+    /// Reads the kill switch and audits it if it changed since last seen
+    /// (`agent.paused` with who and why, or `agent.resumed`). Called for each
+    /// operation and twice a second, so even a short pause that refused an
+    /// operation is in the log before that refusal.
+    pub async fn observe_pause(&self) -> Option<crate::pause::Pause> {
+        let now = crate::pause::read(&self.cfg.data_dir);
+        let mut seen = self.pause_seen.lock().await;
+        if *seen != now {
+            let ev = match &now {
+                Some(p) => Event::new(
+                    "agent.paused",
+                    None,
+                    json!({ "by": p.by, "reason": p.reason, "since_unix_ms": p.since_unix_ms }),
+                ),
+                None => Event::new("agent.resumed", None, json!({})),
+            };
+            // If this cannot be recorded, the next look tries again; the switch
+            // itself applies either way.
+            if self.audit.record(ev).await.is_ok() {
+                warn!(paused = now.is_some(), "local kill switch changed");
+                seen.clone_from(&now);
+            }
+        }
+        now
     }
 
     /// Refuses an operation: audited, then answered through the outbox.
@@ -214,6 +243,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session,
         status,
         outbox_stats,
+        pause_seen: tokio::sync::Mutex::new(None),
     });
     agent
         .audit
@@ -244,11 +274,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
+                let now_paused = agent.observe_pause().await;
                 let ids = agent.executor.in_flight_ids();
                 let unacked = agent.outbox_stats().unacked;
                 agent.status.update(|s| {
                     s.operations_in_flight = ids;
                     s.results_unacknowledged = unacked;
+                    s.paused = now_paused;
                 });
             }
         });

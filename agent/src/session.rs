@@ -189,6 +189,7 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 warn!(op = %op.id, "operation already running; ignoring the duplicate");
                 return Ok(());
             }
+            let paused = agent.observe_pause().await;
             let checker = Checker {
                 agent_id: &agent.agent_id,
                 target: &agent.cfg.target,
@@ -196,6 +197,7 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 highest_seq: agent.highest_seq(),
                 now_ms: now_ms(),
                 max_lifetime_ms: agent.cfg.checks.max_operation_lifetime.as_millis() as i64,
+                paused: paused.as_ref(),
             };
             let seq = op.sequence;
             let op_id = op.id.clone();

@@ -22,6 +22,7 @@ pub struct Status {
     pub certificate_not_after_unix_ms: i64,
     pub operations_in_flight: Vec<String>,
     pub results_unacknowledged: usize,
+    pub paused: Option<crate::pause::Pause>,
     pub updated_unix_ms: i64,
 }
 

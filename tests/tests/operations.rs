@@ -141,3 +141,61 @@ fn the_client_certificate_is_renewed_in_band_before_it_expires() {
         agent.log()
     );
 }
+
+#[test]
+fn a_paused_agent_refuses_every_operation_until_resumed_and_audits_the_switch() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let agent = w.agent(&cp, SimDelays::default());
+    let switch = |args: &[&str]| {
+        let out = agent
+            .cli()
+            .args(args)
+            .arg("--config")
+            .arg(&agent.config)
+            .output()
+            .expect("switch");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    switch(&["pause", "--reason", "incident 42"]);
+    let st = String::from_utf8_lossy(&agent.status().stdout).to_string();
+    assert!(st.contains("PAUSED") && st.contains("incident 42"), "{st}");
+
+    let id = cp.submit_json(&op("apply", "cluster", cluster("held")));
+    let watched = cp.watch(&id);
+    assert_eq!(watched.code, Some(1));
+    let problem = &cp.get(&id)["results"][0]["problem"];
+    assert_eq!(problem["code"], "paused");
+    assert_eq!(problem["rule"], "local_kill_switch");
+    assert!(
+        problem["message"].as_str().unwrap_or("").contains("incident 42"),
+        "{problem}"
+    );
+    assert!(
+        byoc_provider_sim::call_counts(&agent.sim_dir())
+            .expect("calls")
+            .is_empty()
+    );
+
+    switch(&["resume"]);
+    assert!(
+        cp.watch(&cp.submit_json(&op("apply", "cluster", cluster("free"))))
+            .success
+    );
+    wait_for("the resume to be audited", Duration::from_secs(10), || {
+        agent.audit().iter().any(|e| e["kind"] == "agent.resumed").then_some(())
+    });
+    let audit = agent.audit();
+    let paused = audit
+        .iter()
+        .find(|e| e["kind"] == "agent.paused")
+        .expect("pause audited");
+    assert_eq!(paused["detail"]["reason"], "incident 42");
+    assert!(
+        paused["detail"]["by"].as_str().unwrap_or("").contains("uid"),
+        "{paused}"
+    );
+    let refused = audit.iter().find(|e| e["op"] == id.as_str()).expect("refusal audited");
+    assert_eq!(refused["kind"], "operation.refused");
+    assert_eq!(refused["detail"]["rule"], "local_kill_switch");
+}

@@ -1,0 +1,87 @@
+//! The local kill switch: `byoc-agent pause` and `byoc-agent resume`.
+//!
+//! A file in the data directory (`paused.json`), so the switch works whether or
+//! not the agent is running, survives restarts, and needs no listener. While
+//! it exists every operation is refused (rule `local_kill_switch`). The
+//! running agent audits each change of the switch (`agent.paused`,
+//! `agent.resumed`) with who set it and why: the CLI cannot write the audit
+//! log itself, which has one writer, the agent.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub since_unix_ms: i64,
+    /// The local user who paused the agent.
+    pub by: String,
+    pub reason: String,
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("paused.json")
+}
+
+/// The switch's state. A pause file that cannot be read still pauses: the
+/// switch fails closed.
+pub fn read(data_dir: &Path) -> Option<Pause> {
+    let p = path(data_dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| Pause {
+            since_unix_ms: 0,
+            by: "unknown".into(),
+            reason: format!(
+                "{} is unreadable ({e}); remove it with `byoc-agent resume`",
+                p.display()
+            ),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(Pause {
+            since_unix_ms: 0,
+            by: "unknown".into(),
+            reason: format!("{} cannot be read ({e})", p.display()),
+        }),
+    }
+}
+
+/// Pauses the agent (replacing an earlier pause's reason).
+pub fn pause(data_dir: &Path, reason: &str, now_ms: i64) -> std::io::Result<Pause> {
+    let p = Pause {
+        since_unix_ms: now_ms,
+        by: local_user(),
+        reason: reason.to_string(),
+    };
+    let bytes = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
+    byoc_audit::wal::write_atomic(&path(data_dir), &bytes, 0o600)?;
+    Ok(p)
+}
+
+/// Lifts the pause; false if the agent was not paused.
+pub fn resume(data_dir: &Path) -> std::io::Result<bool> {
+    let p = path(data_dir);
+    match std::fs::remove_file(&p) {
+        Ok(()) => {
+            byoc_audit::wal::sync_dir(&p)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Who is running this command: `$SUDO_USER` or `$USER`, with the uid.
+fn local_user() -> String {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let name = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{name} (uid {uid})")
+}
