@@ -8,8 +8,8 @@ use byoc_proto::agent::v1::{Action, Cancel, ControlMessage, Operation, ResourceK
 use byoc_proto::control::v1::admin_service_server::AdminService;
 use byoc_proto::control::v1::{
     AgentInfo, CancelRequest, CancelResponse, CreateTokenRequest, CreateTokenResponse, GetOperationRequest,
-    ListAgentsRequest, ListAgentsResponse, OperationStatus, SubmitRequest, SubmitResponse, WatchEvent, WatchRequest,
-    watch_event,
+    ListAgentsRequest, ListAgentsResponse, OperationStatus, RevokeRequest, RevokeResponse, SubmitRequest,
+    SubmitResponse, WatchEvent, WatchRequest, watch_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -92,15 +92,19 @@ impl AdminService for AdminApi {
         let agent_id = {
             let st = self.0.store.lock();
             if !r.agent_id.is_empty() {
-                if !st.agents.contains_key(&r.agent_id) {
-                    return Err(Status::not_found(format!("no enrolled agent {}", r.agent_id)));
+                match st.agents.get(&r.agent_id) {
+                    None => return Err(Status::not_found(format!("no enrolled agent {}", r.agent_id))),
+                    Some(a) if a.revoked => {
+                        return Err(Status::failed_precondition(format!("agent {} is revoked", r.agent_id)));
+                    }
+                    Some(_) => {}
                 }
                 r.agent_id.clone()
             } else {
                 let matches: Vec<&String> = st
                     .agents
                     .values()
-                    .filter(|a| a.target == target)
+                    .filter(|a| a.target == target && !a.revoked)
                     .map(|a| &a.id)
                     .collect();
                 match matches.as_slice() {
@@ -218,6 +222,27 @@ impl AdminService for AdminApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+        let agent = req.into_inner().agent_id;
+        if !self.0.store.lock().agents.contains_key(&agent) {
+            return Err(Status::not_found(format!("no enrolled agent {agent}")));
+        }
+        self.0
+            .store
+            .commit(Record::Revoked { agent: agent.clone() })
+            .await
+            .map_err(store_err)?;
+        // Close its live session now; authentication refuses it from here on.
+        if let Some(live) = self.0.hub.get(&agent) {
+            let _ = live.tx.try_send(Err(Status::permission_denied(
+                "this agent's certificates have been revoked",
+            )));
+            self.0.hub.disconnect(&agent, live.session);
+        }
+        tracing::warn!(agent = %agent, "agent revoked");
+        Ok(Response::new(RevokeResponse {}))
+    }
+
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {
         self.cancel_op(req.into_inner()).await?;
         Ok(Response::new(CancelResponse {}))
@@ -241,6 +266,7 @@ impl AdminService for AdminApi {
                     last_heartbeat_unix_ms: live.as_ref().map_or(0, |l| l.last_heartbeat_unix_ms),
                     certificate_not_after_unix_ms: a.cert_not_after_unix_ms,
                     operations_in_flight: live.as_ref().map_or(0, |l| l.in_flight),
+                    revoked: a.revoked,
                 }
             })
             .collect();

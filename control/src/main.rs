@@ -9,7 +9,8 @@ use anyhow::Context as _;
 use byoc_control::{client, opfile, server};
 use byoc_proto::agent::v1::{OperationResult, Outcome};
 use byoc_proto::control::v1::{
-    CancelRequest, CreateTokenRequest, GetOperationRequest, ListAgentsRequest, SubmitRequest, WatchRequest, watch_event,
+    CancelRequest, CreateTokenRequest, GetOperationRequest, ListAgentsRequest, RevokeRequest, SubmitRequest,
+    WatchRequest, watch_event,
 };
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -79,6 +80,9 @@ enum Cmd {
         #[arg(long, default_value = "cancelled by an operator")]
         reason: String,
     },
+    /// Revoke every certificate of an agent: its session is closed and it can no
+    /// longer connect, renew, or be sent operations (until enrolled again).
+    Revoke { agent_id: String },
     /// Print an operation's state and results as JSON.
     Get { operation_id: String },
     /// List enrolled agents: connected, version, last heartbeat, certificate expiry.
@@ -168,6 +172,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Revoke { agent_id } => {
+            let mut c = client::connect(&dir).await?;
+            c.revoke(RevokeRequest {
+                agent_id: agent_id.clone(),
+            })
+            .await?;
+            println!("revoked {agent_id}: its session is closed and its certificates are refused");
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Get { operation_id } => {
             let mut c = client::connect(&dir).await?;
             let s = c
@@ -195,7 +208,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{:<22} {:<28} {:<10} {:<10} {:<22} {}",
                     a.agent_id,
                     format!("{}/{}/{}", t.cloud, t.account, t.region),
-                    if a.connected { "connected" } else { "offline" },
+                    if a.revoked {
+                        "revoked"
+                    } else if a.connected {
+                        "connected"
+                    } else {
+                        "offline"
+                    },
                     if a.version.is_empty() { "-" } else { &a.version },
                     fmt_ms(a.last_heartbeat_unix_ms),
                     fmt_ms(a.certificate_not_after_unix_ms),

@@ -92,12 +92,17 @@ impl AgentApi {
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
         let fp = hex::encode(byoc_proto::transport::fingerprint(leaf.as_ref()));
-        self.store
-            .lock()
-            .certs
-            .get(&fp)
-            .cloned()
-            .ok_or_else(|| Status::permission_denied("this client certificate was not issued to an enrolled agent"))
+        let st = self.store.lock();
+        let agent =
+            st.certs.get(&fp).cloned().ok_or_else(|| {
+                Status::permission_denied("this client certificate was not issued to an enrolled agent")
+            })?;
+        if st.agents.get(&agent).is_some_and(|a| a.revoked) {
+            return Err(Status::permission_denied(format!(
+                "the certificates of agent {agent} have been revoked; enroll it again with a new token"
+            )));
+        }
+        Ok(agent)
     }
 }
 

@@ -52,6 +52,11 @@ pub enum Record {
         agent: String,
         b64: String,
     },
+    /// Every certificate of the agent is revoked: it can no longer connect,
+    /// renew, or be sent operations.
+    Revoked {
+        agent: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +75,7 @@ pub struct AgentRec {
     pub last_seq: u64,
     /// Highest result sequence recorded from this agent.
     pub acked_result_seq: u64,
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -128,8 +134,14 @@ impl State {
                         cert_not_after_unix_ms: 0,
                         last_seq: 0,
                         acked_result_seq: 0,
+                        revoked: false,
                     },
                 );
+            }
+            Record::Revoked { agent } => {
+                if let Some(a) = self.agents.get_mut(agent) {
+                    a.revoked = true;
+                }
             }
             Record::Cert {
                 agent,
@@ -203,6 +215,9 @@ impl State {
                 fingerprint: fp.clone(),
                 not_after_unix_ms: not_after,
             });
+        }
+        for a in self.agents.values().filter(|a| a.revoked) {
+            out.push(Record::Revoked { agent: a.id.clone() });
         }
         for seqs in self.by_agent.values() {
             for id in seqs.values() {

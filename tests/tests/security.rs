@@ -318,3 +318,34 @@ fn an_agent_cannot_claim_a_target_other_than_the_one_it_enrolled_for() {
     assert!(agent.is_running(), "refused, not crashed");
     assert!(!cp.agents().contains(" connected "), "{}", cp.agents());
 }
+
+#[test]
+fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
+    let w = World::new();
+    let mut cp = w.control_plane();
+    let agent = w.agent(&cp, SimDelays::default());
+    let enrollment: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(agent.data_dir().join("identity/enrollment.json")).expect("read"))
+            .expect("json");
+    let id = enrollment["agent_id"].as_str().expect("agent id").to_string();
+
+    let out = cp.cli().args(["revoke", &id]).output().expect("revoke");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    byoc_tests::wait_for("the agent to be refused", std::time::Duration::from_secs(20), || {
+        agent.log().contains("have been revoked").then_some(())
+    });
+    assert!(cp.agents().contains("revoked"), "{}", cp.agents());
+    // Nothing can be sent to it, and the revocation survives a restart.
+    let path = w.path("op.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec(&byoc_tests::op("apply", "cluster", byoc_tests::cluster("x"))).expect("json"),
+    )
+    .expect("write");
+    let out = cp.cli().arg("submit").arg(&path).output().expect("submit");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    cp.restart();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(!cp.agents().contains(" connected "), "{}", cp.agents());
+    assert!(cp.agents().contains("revoked"), "{}", cp.agents());
+}
