@@ -355,8 +355,14 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Starts `run` with extra environment variables (e.g. planted canaries).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         let child = self
             .cli()
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&self.config)
             .stdout(Stdio::from(log_file(&self.log_path())))

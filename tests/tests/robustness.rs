@@ -45,6 +45,8 @@ enum Seen {
 struct Scripted {
     seen: mpsc::UnboundedSender<Seen>,
     sessions: Arc<AtomicUsize>,
+    /// Every message payload received, as bytes on the wire.
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 #[tonic::async_trait]
@@ -63,8 +65,10 @@ impl AgentService for Scripted {
         let (tx, rx) = mpsc::channel(16);
         let _ = self.seen.send(Seen::Session(n, hello, tx));
         let seen = self.seen.clone();
+        let received = self.received.clone();
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
+                received.lock().expect("received").extend_from_slice(&m.encode_to_vec());
                 let _ = seen.send(Seen::Message(decode(m)));
             }
         });
@@ -79,6 +83,7 @@ struct ControlPlane {
     op_key: Ed25519KeyPair,
     seen: mpsc::UnboundedReceiver<Seen>,
     sessions: Arc<AtomicUsize>,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 impl ControlPlane {
@@ -102,9 +107,11 @@ impl ControlPlane {
         });
         let (seen_tx, seen) = mpsc::unbounded_channel();
         let sessions = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
         let svc = Scripted {
             seen: seen_tx,
             sessions: sessions.clone(),
+            received: received.clone(),
         };
         // Far above the agent's limit, so the oversized message does go out.
         let svc = AgentServiceServer::new(svc).max_encoding_message_size(16 << 20);
@@ -121,6 +128,7 @@ impl ControlPlane {
             op_key,
             seen,
             sessions,
+            received,
         }
     }
 
@@ -477,4 +485,64 @@ async fn replayed_expired_over_long_lived_and_future_operations_are_refused_and_
     s.operation(cp.operation("op-5", 5, ResourceKind::Cluster, cluster("b")))
         .await;
     assert_eq!(cp.result("op-5").await.outcome(), Outcome::Succeeded);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_byte_leaves_the_account_in_any_frame_log_or_record() {
+    let w = World::new();
+    let mut cp = ControlPlane::start().await;
+    let mut agent = w.agent_config("agent", SimDelays::default());
+    cp.write_identity(&agent.data_dir());
+    // Credentials a cloud SDK would find in the environment: planted canaries.
+    let planted = [
+        ("AWS_SECRET_ACCESS_KEY", "CANARYawsSecretKey7f3e01"),
+        ("AWS_SESSION_TOKEN", "CANARYawsSessionToken91ab"),
+        ("AZURE_CLIENT_SECRET", "CANARYazureClientSecret02"),
+        ("GOOGLE_OAUTH_ACCESS_TOKEN", "CANARYgoogleAccessToken55"),
+    ];
+    agent.start_with_env(&planted);
+    let s = cp.session(1).await;
+    s.operation(cp.operation("op-c", 1, ResourceKind::Cluster, cluster("a")))
+        .await;
+    assert_eq!(cp.result("op-c").await.outcome(), Outcome::Succeeded);
+    let db = json!({"name": "orders", "engine": "postgres", "version": "16", "size": "small", "storage_gb": 50});
+    s.operation(cp.operation("op-db", 2, ResourceKind::Database, db)).await;
+    let r = cp.result("op-db").await;
+    assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
+    let reference = r.outputs.as_ref().expect("outputs").secret_refs["master_password"].clone();
+    s.ack(&r).await;
+
+    // The password the simulated cloud generated, read where it lives.
+    let id = reference.split('/').nth(3).expect("secret id");
+    let password = std::fs::read_to_string(agent.sim_dir().join("secrets").join(id)).expect("secret");
+    let mut canaries: Vec<&str> = planted.iter().map(|(_, v)| *v).collect();
+    canaries.push(password.trim());
+
+    let frames = cp.received.lock().expect("received").clone();
+    assert!(frames.len() > 200, "frames were captured ({} bytes)", frames.len());
+    let places = [
+        ("frames sent to the control plane", frames),
+        ("agent log", agent.log().into_bytes()),
+        (
+            "audit log",
+            std::fs::read(agent.data_dir().join("audit.log")).expect("audit"),
+        ),
+        (
+            "journal",
+            std::fs::read(agent.data_dir().join("journal.log")).expect("journal"),
+        ),
+        (
+            "status",
+            std::fs::read(agent.data_dir().join("status.json")).unwrap_or_default(),
+        ),
+    ];
+    for (place, bytes) in &places {
+        for canary in &canaries {
+            let found = bytes.windows(canary.len()).any(|w| w == canary.as_bytes());
+            assert!(!found, "a planted secret ({canary}) appeared in the {place}");
+        }
+    }
+    // The reference does leave: it is what the control plane is meant to get.
+    let frames = &places[0].1;
+    assert!(frames.windows(reference.len()).any(|w| w == reference.as_bytes()));
 }
