@@ -11,8 +11,8 @@ use rcgen::{CertificateParams, DnType, KeyPair};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::executor::now_ms;
 use crate::identity::{self, Enrollment, Identity, write_atomic};
+use crate::now_ms;
 
 /// A parsed enrollment token: `byoc1.<hex SHA-256 of the CA certificate>.<secret>`.
 #[derive(Debug)]

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::checks::{Action, Verified};
+use crate::now_ms;
 use crate::outbox::{Cmd, Outbox};
 use crate::session::SessionSender;
 
@@ -32,12 +33,6 @@ pub struct Executor {
     deadline: Duration,
     in_flight: Mutex<HashMap<String, CancellationToken>>,
     fatal: mpsc::UnboundedSender<String>,
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Executor {
@@ -68,6 +63,11 @@ impl Executor {
 
     pub fn is_in_flight(&self, op_id: &str) -> bool {
         self.in_flight().contains_key(op_id)
+    }
+
+    /// How many operations are accepted and not finished.
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight().len()
     }
 
     /// Ids of the operations accepted and not finished.

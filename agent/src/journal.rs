@@ -20,11 +20,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use byoc_audit::wal::{self, Sealer, Wal, WalError};
 use byoc_proto::agent::v1::{Operation, OperationResult};
-use prost::Message as _;
+use byoc_proto::record::{from_base64, to_base64};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +62,6 @@ fn line(r: &Record) -> Vec<u8> {
     serde_json::to_vec(r).unwrap_or_default()
 }
 
-fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
-    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
-    M::decode(bytes.as_slice()).map_err(|e| e.to_string())
-}
-
 /// What is live in the journal: the state replay rebuilds, and the state the
 /// writer keeps current as it seals records, to rewrite the file from.
 #[derive(Debug, Default)]
@@ -86,12 +79,12 @@ impl Model {
     fn apply(&mut self, rec: &Record) -> Result<(), String> {
         match rec {
             Record::Op { b64 } => {
-                let op: Operation = decode(b64)?;
+                let op: Operation = from_base64(b64)?;
                 self.highest_op_seq = self.highest_op_seq.max(op.sequence);
                 self.pending.insert(op.id, (op.sequence, b64.clone()));
             }
             Record::Result { b64 } => {
-                let r: OperationResult = decode(b64)?;
+                let r: OperationResult = from_base64(b64)?;
                 self.highest_result_seq = self.highest_result_seq.max(r.result_seq);
                 self.highest_op_seq = self.highest_op_seq.max(r.sequence);
                 self.pending.remove(&r.operation_id);
@@ -180,14 +173,14 @@ impl Journal {
         let mut pending: Vec<Operation> = model
             .pending
             .values()
-            .map(|(_, b64)| decode(b64))
+            .map(|(_, b64)| from_base64(b64))
             .collect::<Result<_, _>>()
             .map_err(corrupt)?;
         pending.sort_by_key(|o| o.sequence);
         let outbox = model
             .outbox
             .iter()
-            .map(|(seq, b64)| decode(b64).map(|r| (*seq, r)))
+            .map(|(seq, b64)| from_base64(b64).map(|r| (*seq, r)))
             .collect::<Result<_, _>>()
             .map_err(corrupt)?;
         let replayed = Replayed {
@@ -202,21 +195,11 @@ impl Journal {
     }
 
     pub async fn accepted(&self, op: &Operation) -> Result<(), JournalError> {
-        Ok(self
-            .wal
-            .append(Record::Op {
-                b64: B64.encode(op.encode_to_vec()),
-            })
-            .await?)
+        Ok(self.wal.append(Record::Op { b64: to_base64(op) }).await?)
     }
 
     pub async fn result(&self, r: &OperationResult) -> Result<(), JournalError> {
-        Ok(self
-            .wal
-            .append(Record::Result {
-                b64: B64.encode(r.encode_to_vec()),
-            })
-            .await?)
+        Ok(self.wal.append(Record::Result { b64: to_base64(r) }).await?)
     }
 
     pub async fn acked(&self, result_seq: u64) -> Result<(), JournalError> {

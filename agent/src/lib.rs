@@ -24,3 +24,10 @@ pub mod pause;
 pub mod run;
 pub mod session;
 pub mod status;
+
+/// Wall-clock time in milliseconds since the Unix epoch, as the protocol carries it.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

@@ -144,7 +144,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Status { config } => status(&Config::load(&config)?),
         Cmd::Pause { config, reason } => {
             let cfg = Config::load(&config)?;
-            let p = byoc_agent::pause::pause(&cfg.data_dir, &reason, byoc_agent::executor::now_ms())
+            let p = byoc_agent::pause::pause(&cfg.data_dir, &reason, byoc_agent::now_ms())
                 .with_context(|| format!("writing {}", byoc_agent::pause::path(&cfg.data_dir).display()))?;
             println!(
                 "paused by {}: every operation is refused until `byoc-agent resume`",
@@ -252,7 +252,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
-    let left = (s.certificate_not_after_unix_ms - byoc_agent::executor::now_ms()) / 1000;
+    let left = (s.certificate_not_after_unix_ms - byoc_agent::now_ms()) / 1000;
     println!(
         "certificate:    expires {} ({})",
         fmt_ms(s.certificate_not_after_unix_ms),

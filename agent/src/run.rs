@@ -20,9 +20,10 @@ use tracing::{error, info, warn};
 
 use crate::checks::{self, Refusal};
 use crate::config::{Config, ProviderConfig};
-use crate::executor::{Executor, now_ms};
+use crate::executor::Executor;
 use crate::identity::Identity;
 use crate::journal::Journal;
+use crate::now_ms;
 use crate::outbox::{Cmd, Outbox, OutboxStats};
 use crate::session::{self, SessionSender};
 use crate::status::{Status, StatusHandle};

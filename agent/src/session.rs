@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use crate::checks::Checker;
-use crate::executor::now_ms;
+use crate::now_ms;
 use crate::outbox::Cmd;
 use crate::run::Agent;
 
@@ -137,7 +137,7 @@ pub async fn run_session(
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(Ended::Shutdown),
             _ = heartbeat.tick() => {
-                let hb = Heartbeat { agent_time_unix_ms: now_ms(), operations_in_flight: agent.executor.in_flight_ids().len() as u32 };
+                let hb = Heartbeat { agent_time_unix_ms: now_ms(), operations_in_flight: agent.executor.in_flight_count() as u32 };
                 let _ = tx.try_send(AgentMessage { body: Some(agent_message::Body::Heartbeat(hb)) });
             }
             _ = renew_check.tick() => agent.maybe_renew(&mut client).await,

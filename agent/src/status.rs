@@ -60,7 +60,7 @@ impl StatusHandle {
         {
             let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut s);
-            s.updated_unix_ms = crate::executor::now_ms();
+            s.updated_unix_ms = crate::now_ms();
         }
         self.dirty.notify_one();
     }

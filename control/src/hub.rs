@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use byoc_proto::agent::v1::ControlMessage;
-use byoc_proto::control::v1::WatchEvent;
+use byoc_proto::control::v1::{WatchEvent, watch_event};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tonic::Status;
 
@@ -103,9 +103,10 @@ impl Hub {
         }
     }
 
-    pub fn publish(&self, op: &str, ev: WatchEvent) {
+    /// Tells whoever watches operation `op` about `body`.
+    pub fn publish(&self, op: String, body: watch_event::Body) {
         // No receiver is not an error: nobody is watching.
-        let _ = self.events.send((op.to_string(), ev));
+        let _ = self.events.send((op, WatchEvent { body: Some(body) }));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<(String, WatchEvent)> {

@@ -10,7 +10,7 @@ use byoc_proto::agent::v1::{
     AgentMessage, ControlMessage, EnrollRequest, EnrollResponse, RenewRequest, RenewResponse, ResultAck, Welcome,
     agent_message, control_message,
 };
-use byoc_proto::control::v1::{WatchEvent, watch_event};
+use byoc_proto::control::v1::watch_event;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -277,12 +277,7 @@ impl AgentApi {
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }
-                self.hub.publish(
-                    &id,
-                    WatchEvent {
-                        body: Some(watch_event::Body::State("delivered".into())),
-                    },
-                );
+                self.hub.publish(id, watch_event::Body::State("delivered".into()));
             }
             if !self.hub.is_current(&agent, session) {
                 return;
@@ -313,22 +308,10 @@ impl AgentApi {
             match msg.body {
                 Some(agent_message::Body::Heartbeat(h)) => self.hub.heartbeat(&agent, now_ms(), h.operations_in_flight),
                 Some(agent_message::Body::Accepted(a)) => {
-                    let id = a.operation_id.clone();
-                    self.hub.publish(
-                        &id,
-                        WatchEvent {
-                            body: Some(watch_event::Body::Accepted(a)),
-                        },
-                    );
+                    self.hub.publish(a.operation_id.clone(), watch_event::Body::Accepted(a));
                 }
                 Some(agent_message::Body::Progress(p)) => {
-                    let id = p.operation_id.clone();
-                    self.hub.publish(
-                        &id,
-                        WatchEvent {
-                            body: Some(watch_event::Body::Progress(p)),
-                        },
-                    );
+                    self.hub.publish(p.operation_id.clone(), watch_event::Body::Progress(p));
                 }
                 Some(agent_message::Body::Result(r)) => {
                     let disposition = match self.store.commit_result(&agent, &r).await {
@@ -359,15 +342,7 @@ impl AgentApi {
                             continue;
                         }
                     }
-                    {
-                        let id = r.operation_id.clone();
-                        self.hub.publish(
-                            &id,
-                            WatchEvent {
-                                body: Some(watch_event::Body::Result(r)),
-                            },
-                        );
-                    }
+                    self.hub.publish(r.operation_id.clone(), watch_event::Body::Result(r));
                 }
                 Some(agent_message::Body::Hello(_)) => {
                     let _ = tx

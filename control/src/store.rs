@@ -8,10 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use byoc_audit::wal::{self, Plain, Wal, WalError};
 use byoc_proto::agent::v1::{Operation, OperationResult, Target};
+use byoc_proto::record::{from_base64, to_base64};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -153,27 +152,9 @@ impl State {
                     a.cert_not_after_unix_ms = (*not_after_unix_ms).max(a.cert_not_after_unix_ms);
                 }
             }
-            Record::Op { b64 } => {
-                let op = decode::<Operation>(b64)?;
-                if let Some(a) = self.agents.get_mut(&op.agent_id) {
-                    a.last_seq = a.last_seq.max(op.sequence);
-                }
-                self.by_agent
-                    .entry(op.agent_id.clone())
-                    .or_default()
-                    .insert(op.sequence, op.id.clone());
-                self.ops.insert(
-                    op.id.clone(),
-                    OpRec {
-                        op,
-                        results: Vec::new(),
-                        duplicates_ignored: 0,
-                        claimed: false,
-                    },
-                );
-            }
+            Record::Op { b64 } => self.insert_op(from_base64::<Operation>(b64)?),
             Record::Result { agent, b64 } => {
-                let res = decode::<OperationResult>(b64)?;
+                let res = from_base64::<OperationResult>(b64)?;
                 if let Some(a) = self.agents.get_mut(agent) {
                     a.acked_result_seq = a.acked_result_seq.max(res.result_seq);
                 }
@@ -185,6 +166,26 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Makes `op` visible: to its agent's sequence and to dispatch.
+    fn insert_op(&mut self, op: Operation) {
+        if let Some(a) = self.agents.get_mut(&op.agent_id) {
+            a.last_seq = a.last_seq.max(op.sequence);
+        }
+        self.by_agent
+            .entry(op.agent_id.clone())
+            .or_default()
+            .insert(op.sequence, op.id.clone());
+        self.ops.insert(
+            op.id.clone(),
+            OpRec {
+                op,
+                results: Vec::new(),
+                duplicates_ignored: 0,
+                claimed: false,
+            },
+        );
     }
 
     /// Snapshot records that rebuild this state.
@@ -222,11 +223,11 @@ impl State {
         for seqs in self.by_agent.values() {
             for id in seqs.values() {
                 if let Some(o) = self.ops.get(id) {
-                    out.push(Record::Op { b64: encode(&o.op) });
+                    out.push(Record::Op { b64: to_base64(&o.op) });
                     for r in &o.results {
                         out.push(Record::Result {
                             agent: o.op.agent_id.clone(),
-                            b64: encode(r),
+                            b64: to_base64(r),
                         });
                     }
                 }
@@ -234,15 +235,6 @@ impl State {
         }
         out
     }
-}
-
-pub fn encode<M: prost::Message>(m: &M) -> String {
-    B64.encode(m.encode_to_vec())
-}
-
-fn decode<M: prost::Message + Default>(b64: &str) -> Result<M, String> {
-    let bytes = B64.decode(b64).map_err(|e| e.to_string())?;
-    M::decode(bytes.as_slice()).map_err(|e| e.to_string())
 }
 
 /// What became of a result an agent sent.
@@ -289,7 +281,7 @@ impl Store {
 
     /// Makes `rec` durable, then applies it to the in-memory state.
     pub async fn commit(&self, rec: Record) -> Result<(), StoreError> {
-        self.wal.append(serde_json::to_vec(&rec).unwrap_or_default()).await?;
+        self.append(&rec).await?;
         let mut st = self.lock();
         // A record we built ourselves always applies.
         let _ = st.apply(&rec);
@@ -303,27 +295,15 @@ impl Store {
         let op = {
             let mut st = self.lock();
             let op = build(&mut st);
+            // Reserve the sequence now, so concurrent submits get the next ones;
+            // the operation itself becomes visible only once durable.
             if let Some(a) = st.agents.get_mut(&op.agent_id) {
                 a.last_seq = a.last_seq.max(op.sequence);
             }
             op
         };
-        let rec = Record::Op { b64: encode(&op) };
-        self.wal.append(serde_json::to_vec(&rec).unwrap_or_default()).await?;
-        let mut st = self.lock();
-        st.by_agent
-            .entry(op.agent_id.clone())
-            .or_default()
-            .insert(op.sequence, op.id.clone());
-        st.ops.insert(
-            op.id.clone(),
-            OpRec {
-                op: op.clone(),
-                results: Vec::new(),
-                duplicates_ignored: 0,
-                claimed: false,
-            },
-        );
+        self.append(&Record::Op { b64: to_base64(&op) }).await?;
+        self.lock().insert_op(op.clone());
         Ok(op)
     }
 
@@ -356,13 +336,18 @@ impl Store {
         let written = self
             .commit(Record::Result {
                 agent: agent.to_string(),
-                b64: encode(res),
+                b64: to_base64(res),
             })
             .await;
         if let Some(o) = self.lock().ops.get_mut(&res.operation_id) {
             o.claimed = false;
         }
         written.map(|()| ResultDisposition::Recorded)
+    }
+
+    async fn append(&self, rec: &Record) -> Result<(), StoreError> {
+        // A record of strings and numbers always serializes.
+        Ok(self.wal.append(serde_json::to_vec(rec).unwrap_or_default()).await?)
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

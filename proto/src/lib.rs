@@ -3,8 +3,10 @@
 //! - [`agent::v1`]: the `AgentService` (Enroll, Renew, Connect) and its messages.
 //! - [`control::v1`]: the reference control plane's operator API (Unix socket only).
 //! - [`signing`]: the canonical bytes an operation signature covers.
+//! - [`record`]: messages kept inside JSON-lines records (base64 of the encoding).
 //! - [`transport`]: the TLS settings both ends share (TLS 1.3 only, aws-lc).
 
+pub mod record;
 pub mod signing;
 pub mod transport;
 
