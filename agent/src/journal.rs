@@ -134,10 +134,11 @@ impl Sealer for JournalSealer {
     type Item = Record;
     type Receipt = ();
 
-    fn seal(&mut self, rec: Record) -> (Vec<u8>, ()) {
+    fn seal(&mut self, rec: Record, out: &mut Vec<u8>) {
         // Records are built from values this process encoded: they decode.
         let _ = self.0.apply(&rec);
-        (line(&rec), ())
+        out.extend_from_slice(&line(&rec));
+        out.push(b'\n');
     }
 
     fn snapshot(&self) -> Option<Vec<Vec<u8>>> {

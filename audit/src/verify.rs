@@ -1,78 +1,346 @@
-//! Offline verification of an audit log, with no network and no trust in the
-//! writer: recompute every hash and check the chain.
+//! Offline verification of an audit log directory, with no network and no
+//! trust in the writer. One pass over the entries:
+//!
+//! - each entry parses, has the next sequence number and the leaf hash of
+//!   the entry before it in `prev` (an edit, deletion, insertion or move is
+//!   named at the first entry it breaks);
+//! - each checkpoint entry's note is signed by the audit key, signs the tree
+//!   of exactly the entries before it, with the head recomputed here, and is
+//!   consistent with the checkpoint before it (RFC 6962 consistency proof);
+//! - each receipt's inclusion proof holds against its signed checkpoint, for
+//!   the entry at its index;
+//! - the newest checkpoint file, and any checkpoint the caller kept
+//!   elsewhere, sign a tree this log still contains: cutting entries off the
+//!   end is detected.
 
+use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::Path;
 
-use crate::log::{Entry, GENESIS, entry_hash};
+use serde::Deserialize;
+
+use crate::log::{CHECKPOINT_KIND, ENTRIES, Entry, GENESIS, LATEST_CHECKPOINT, RECEIPTS, VERIFIER_KEY};
+use crate::merkle::{self, Frontier, Hash, Recent};
+use crate::note::{Checkpoint, TlogProof, Verifier};
+
+/// What to verify against.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The verifier key to trust. Default: `verifier.key` beside the log,
+    /// which proves nothing against someone who could rewrite the log; a
+    /// compliance team passes the key it recorded at enrollment.
+    pub key: Option<Verifier>,
+    /// Checkpoint notes kept outside this host (e.g. copied to a SIEM): the
+    /// log must still contain each tree they sign.
+    pub trusted_checkpoints: Vec<String>,
+}
 
 /// What a successful verification saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub entries: u64,
-    /// Hex hash of the last entry: the head a later check can compare against.
-    pub head: String,
+    pub checkpoints: u64,
+    pub receipts: u64,
+    /// Entries after the newest checkpoint (signed at the next one).
+    pub unsigned_tail: u64,
+    /// Size and base64 head of the newest checkpoint.
+    pub signed_size: u64,
+    pub signed_root: String,
+    pub key: String,
+    pub key_from_log_dir: bool,
 }
 
-/// The first problem found, with the line (1-based) and sequence it is at.
+/// The first problem found: the entry it is at (0-based; for a truncation,
+/// the first missing entry) and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line} (entry {expected_seq}): {reason}")]
+#[error("entry {entry}: {reason}")]
 pub struct Failure {
-    pub line: u64,
-    pub expected_seq: u64,
+    pub entry: u64,
     pub reason: String,
 }
 
-/// Verifies the log at `path`. Detects any edit, deletion, insertion or
-/// reordering of entries. Cutting entries off the end leaves a valid shorter
-/// chain: compare `Summary::head` with a head recorded elsewhere to detect it.
-pub fn verify_file(path: &Path) -> Result<Summary, Failure> {
-    let file = std::fs::File::open(path).map_err(|e| Failure {
-        line: 0,
-        expected_seq: 0,
-        reason: format!("cannot open {}: {e}", path.display()),
-    })?;
+fn fail(entry: u64, reason: impl Into<String>) -> Failure {
+    Failure {
+        entry,
+        reason: reason.into(),
+    }
+}
+
+/// The fields verification reads, borrowed: `detail` is only parsed for checkpoints.
+#[derive(Deserialize)]
+struct Head<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    prev: std::borrow::Cow<'a, str>,
+}
+
+struct ReceiptCheck {
+    op: String,
+    proof: TlogProof,
+    cp: Checkpoint,
+}
+
+/// Reads and checks `receipts.jsonl`: signatures now, inclusion during the pass.
+fn load_receipts(dir: &Path, key: &Verifier) -> Result<HashMap<u64, Vec<ReceiptCheck>>, Failure> {
+    let path = dir.join(RECEIPTS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => return Err(fail(0, format!("cannot read {}: {e}", path.display()))),
+    };
+    #[derive(Deserialize)]
+    struct Line {
+        op: String,
+        index: u64,
+        proof: String,
+    }
+    let mut out: HashMap<u64, Vec<ReceiptCheck>> = HashMap::new();
+    for (i, l) in text.lines().enumerate() {
+        let bad = |why: String| fail(0, format!("{} line {}: {why}", path.display(), i + 1));
+        let r: Line = serde_json::from_str(l).map_err(|e| bad(format!("not a receipt: {e}")))?;
+        let proof = TlogProof::parse(&r.proof).map_err(|e| bad(e.0))?;
+        let text = key
+            .open(&proof.checkpoint)
+            .map_err(|e| fail(r.index, format!("the receipt of operation {}: {e}", r.op)))?;
+        let cp = Checkpoint::parse(text).map_err(|e| bad(e.0))?;
+        if proof.index != r.index {
+            return Err(bad("the proof's index is not the receipt's".into()));
+        }
+        out.entry(r.index).or_default().push(ReceiptCheck { op: r.op, proof, cp });
+    }
+    Ok(out)
+}
+
+/// Verifies the log in `dir` (see the module documentation).
+pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
+    let (key, key_from_log_dir) = match &opts.key {
+        Some(k) => (k.clone(), false),
+        None => {
+            let p = dir.join(VERIFIER_KEY);
+            let text = std::fs::read_to_string(&p).map_err(|e| fail(0, format!("cannot read {}: {e}", p.display())))?;
+            (Verifier::parse(&text).map_err(|e| fail(0, format!("{}: {e}", p.display())))?, true)
+        }
+    };
+    let mut receipts = load_receipts(dir, &key)?;
+    let receipt_count: u64 = receipts.values().map(|v| v.len() as u64).sum();
+    let path = dir.join(ENTRIES);
+    let file = std::fs::File::open(&path).map_err(|e| fail(0, format!("cannot open {}: {e}", path.display())))?;
+
+    let mut tree = Frontier::default();
     let mut prev = GENESIS;
     let mut n: u64 = 0;
-    for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
-        let fail = |reason: String| Failure {
-            line: i as u64 + 1,
-            expected_seq: n,
-            reason,
-        };
-        let line = line.map_err(|e| fail(format!("read error: {e}")))?;
-        prev = verify_line(&line, n, &prev).map_err(fail)?;
+    // The newest checkpoint seen, its frontier and the leaves since.
+    let mut last_cp: Option<Checkpoint> = None;
+    let mut base = Frontier::default();
+    let mut since: Vec<Hash> = Vec::new();
+    let mut heads: HashMap<u64, Hash> = HashMap::new();
+    let mut checkpoints = 0u64;
+    let mut prev_hex = hex::encode(prev);
+    let mut signed_by_receipts: Vec<(u64, String, Checkpoint)> = Vec::new();
+
+    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+        let line = line.map_err(|e| fail(n, format!("read error: {e}")))?;
+        let head: Head = serde_json::from_slice(&line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
+        if head.seq != n {
+            let reason = if head.seq > n {
+                format!(
+                    "is missing: entry {} comes where entry {n} should be (entries were deleted)",
+                    head.seq
+                )
+            } else {
+                format!(
+                    "entry {} comes where entry {n} should be (entries were moved or repeated)",
+                    head.seq
+                )
+            };
+            return Err(fail(n, reason));
+        }
+        if *head.prev != prev_hex {
+            let at = n.saturating_sub(1);
+            return Err(fail(
+                at,
+                format!("was changed: its hash no longer matches the `prev` recorded in entry {n}"),
+            ));
+        }
+        if head.kind == CHECKPOINT_KIND {
+            let e: Entry = serde_json::from_slice(&line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
+            let note = e.detail["note"].as_str().unwrap_or_default();
+            let text = key
+                .open(note)
+                .map_err(|err| fail(n, format!("checkpoint signature: {err}")))?;
+            let cp = Checkpoint::parse(text).map_err(|err| fail(n, format!("checkpoint: {err}")))?;
+            if cp.origin != key.name() {
+                return Err(fail(
+                    n,
+                    format!("checkpoint origin {:?} is not the key's {:?}", cp.origin, key.name()),
+                ));
+            }
+            if cp.size != n {
+                return Err(fail(
+                    n,
+                    format!("the checkpoint signs {} entries; it must sign the {n} before it", cp.size),
+                ));
+            }
+            if cp.root != tree.root() {
+                return Err(fail(
+                    n,
+                    format!(
+                        "the entries before this checkpoint are not the ones it signed: entries after {} were rewritten",
+                        last_cp.as_ref().map_or(0, |c| c.size)
+                    ),
+                ));
+            }
+            let frontier: Vec<String> = tree.hashes().iter().map(hex::encode).collect();
+            if e.detail["frontier"] != serde_json::json!(frontier) {
+                return Err(fail(n, "the checkpoint's frontier does not match the tree"));
+            }
+            if let Some(old) = &last_cp {
+                let proof = merkle::consistency_proof(&mut Recent::new(&base, &since), old.size, cp.size);
+                let ok = proof.is_some_and(|p| merkle::verify_consistency(old.size, cp.size, &old.root, &cp.root, &p));
+                if !ok {
+                    return Err(fail(
+                        n,
+                        format!("the checkpoint is not consistent with the one at size {}", old.size),
+                    ));
+                }
+            }
+            heads.insert(cp.size, cp.root);
+            base = tree.clone();
+            since.clear();
+            last_cp = Some(cp);
+            checkpoints += 1;
+        }
+        let leaf = merkle::leaf_hash(&line);
+        if let Some(checks) = receipts.remove(&n) {
+            for r in checks {
+                if r.proof.extra.as_deref().is_some_and(|x| x != line.as_slice()) {
+                    return Err(fail(
+                        n,
+                        format!("differs from the copy in the receipt of operation {}", r.op),
+                    ));
+                }
+                if !merkle::verify_inclusion(&leaf, n, r.cp.size, &r.proof.proof, &r.cp.root) {
+                    return Err(fail(
+                        n,
+                        format!("is not the entry the receipt of operation {} proves", r.op),
+                    ));
+                }
+                // The receipt's checkpoint must be one this log holds: it
+                // comes later in the log, so it is matched after the pass.
+                signed_by_receipts.push((n, r.op, r.cp));
+            }
+        }
+        tree.push(leaf);
+        since.push(leaf);
+        prev = leaf;
+        prev_hex = hex::encode(prev);
         n += 1;
     }
+
+    // Receipts for entries the log no longer has.
+    if let Some((&index, r)) = receipts.iter().min_by_key(|(i, _)| **i) {
+        let op = r.first().map(|r| r.op.as_str()).unwrap_or_default();
+        return Err(fail(
+            n,
+            format!(
+                "is missing: the receipt of operation {op} proves entry {index}, but the log ends before it (the log was truncated)"
+            ),
+        ));
+    }
+    for (index, op, cp) in signed_by_receipts {
+        if heads.get(&cp.size) != Some(&cp.root) {
+            let reason = if cp.size >= n {
+                format!(
+                    "is missing: the receipt of operation {op} (entry {index}) is against a tree of {} entries, but the log ends after {n} (the log was truncated)",
+                    cp.size
+                )
+            } else {
+                format!(
+                    "the receipt of operation {op} (entry {index}) is against a tree of {} entries that the log's checkpoints do not sign",
+                    cp.size
+                )
+            };
+            return Err(fail(cp.size.min(n), reason));
+        }
+    }
+    let mut outside: Vec<(String, String)> = Vec::new();
+    let latest = dir.join(LATEST_CHECKPOINT);
+    if let Ok(note) = std::fs::read_to_string(&latest) {
+        outside.push((latest.display().to_string(), note));
+    }
+    for (i, note) in opts.trusted_checkpoints.iter().enumerate() {
+        outside.push((format!("trusted checkpoint {}", i + 1), note.clone()));
+    }
+    for (name, note) in outside {
+        let text = key.open(&note).map_err(|e| fail(n, format!("{name}: {e}")))?;
+        let cp = Checkpoint::parse(text).map_err(|e| fail(n, format!("{name}: {e}")))?;
+        if cp.size > n {
+            return Err(fail(
+                n,
+                format!(
+                    "is missing: {name} signs {} entries but the log ends after {n} (entries were cut off the end)",
+                    cp.size
+                ),
+            ));
+        }
+        match heads.get(&cp.size) {
+            Some(root) if *root == cp.root => {}
+            Some(_) => {
+                return Err(fail(
+                    cp.size.saturating_sub(1),
+                    format!("{name} signs another tree of {} entries than this log's", cp.size),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    cp.size,
+                    format!("{name} signs a tree of {} entries that no checkpoint in the log signs", cp.size),
+                ));
+            }
+        }
+    }
+    let (signed_size, signed_root) = last_cp.map_or((0, String::new()), |c| {
+        (
+            c.size,
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, c.root),
+        )
+    });
     Ok(Summary {
         entries: n,
-        head: hex::encode(prev),
+        checkpoints,
+        receipts: receipt_count,
+        unsigned_tail: n.saturating_sub(signed_size + u64::from(checkpoints > 0)),
+        signed_size,
+        signed_root,
+        key: format!("{}+{}", key.name(), key.key_id()),
+        key_from_log_dir,
     })
 }
 
-/// Checks one line against the expected sequence and previous hash; returns its hash.
-pub fn verify_line(line: &[u8], seq: u64, prev: &[u8; 32]) -> Result<[u8; 32], String> {
-    const MARK: &[u8] = b",\"hash\":\"";
-    let entry: Entry = serde_json::from_slice(line).map_err(|e| format!("not a valid entry: {e}"))?;
-    if entry.seq != seq {
-        return Err(format!(
-            "sequence is {}, expected {seq}: an entry was removed, added or moved",
-            entry.seq
+
+/// A human summary of a successful verification.
+pub fn describe(dir: &Path, s: &Summary) -> String {
+    let mut out = format!(
+        "audit log {} verifies: {} entries, {} checkpoints (each signed by {} and consistent with the one before), {} receipts",
+        dir.display(),
+        s.entries,
+        s.checkpoints,
+        s.key,
+        s.receipts
+    );
+    if s.checkpoints > 0 {
+        out.push_str(&format!("\nnewest signed tree: {} entries, head {}", s.signed_size, s.signed_root));
+    }
+    if s.unsigned_tail > 0 {
+        out.push_str(&format!(
+            "\n{} entries after the newest checkpoint are chained but not signed yet (the next checkpoint signs them)",
+            s.unsigned_tail
         ));
     }
-    if entry.prev != hex::encode(prev) {
-        return Err("prev does not match the hash of the entry before: an entry was removed, added or moved".into());
+    if s.key_from_log_dir {
+        out.push_str("\nnote: the key was read from verifier.key beside the log; pass --key with the key recorded at enrollment to rule out a re-signed log");
     }
-    // The body is the line up to the hash field, closed again.
-    let tail_len = MARK.len() + 64 + 2;
-    if line.len() < tail_len || &line[line.len() - tail_len..line.len() - 66] != MARK || !line.ends_with(b"\"}") {
-        return Err("the hash field is not the last field of the entry".into());
-    }
-    let mut body = line[..line.len() - tail_len].to_vec();
-    body.push(b'}');
-    let computed = entry_hash(prev, &body);
-    if hex::encode(computed) != entry.hash {
-        return Err("hash does not match the entry's contents: the entry was edited".into());
-    }
-    Ok(computed)
+    out
 }

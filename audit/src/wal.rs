@@ -33,11 +33,18 @@ pub enum WalError {
     Closed { path: PathBuf },
 }
 
-/// Turns an item into the bytes of one line (without the newline), in order.
+/// Turns items into lines, in order.
 pub trait Sealer: Send + 'static {
     type Item: Send + 'static;
     type Receipt: Send + 'static;
-    fn seal(&mut self, item: Self::Item) -> (Vec<u8>, Self::Receipt);
+    /// Appends the line(s) for `item` to `out`, each ending in a newline.
+    /// Usually one; a sealer may add lines of its own (the audit log's
+    /// checkpoints) or none.
+    fn seal(&mut self, item: Self::Item, out: &mut Vec<u8>) -> Self::Receipt;
+
+    /// Called in the writer thread after each batch is on disk: where a
+    /// sealer writes what must follow the durable lines (never before).
+    fn synced(&mut self) {}
 
     /// Lines that say everything the file says so far, if this sealer keeps
     /// such a model. With [`Wal::compact_after`] set, the writer replaces the
@@ -56,8 +63,9 @@ pub struct Plain;
 impl Sealer for Plain {
     type Item = Vec<u8>;
     type Receipt = ();
-    fn seal(&mut self, item: Vec<u8>) -> (Vec<u8>, ()) {
-        (item, ())
+    fn seal(&mut self, item: Vec<u8>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&item);
+        out.push(b'\n');
     }
 }
 
@@ -124,13 +132,20 @@ pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, WalError> {
 /// empty), reading only the end of the file. Like [`read_lines`], cuts off a
 /// torn tail first.
 pub fn last_line(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
+    Ok(tail_lines(path, |_| true)?.pop())
+}
+
+/// The complete lines of `path` from the last one for which `from` holds to
+/// the end (all lines if none does), reading the file backwards only as far
+/// as that line. Like [`read_lines`], cuts off a torn tail first.
+pub fn tail_lines(path: &Path, from: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u8>>, WalError> {
     let read_err = |source| WalError::Read {
         path: path.into(),
         source,
     };
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(WalError::Open {
                 path: path.into(),
@@ -139,37 +154,60 @@ pub fn last_line(path: &Path) -> Result<Option<Vec<u8>>, WalError> {
         }
     };
     let len = file.metadata().map_err(read_err)?.len();
-    // Read backwards until the tail holds the newline before the last line
-    // (or reaches the start of the file).
     let mut tail: Vec<u8> = Vec::new();
     let mut start = len;
+    let mut cut = false;
     loop {
         let chunk = (64 * 1024u64).min(start);
-        let from = start.saturating_sub(chunk);
-        let mut buf = vec![0u8; (start - from) as usize];
-        file.seek(SeekFrom::Start(from)).map_err(read_err)?;
+        let from_pos = start.saturating_sub(chunk);
+        let mut buf = vec![0u8; (start - from_pos) as usize];
+        file.seek(SeekFrom::Start(from_pos)).map_err(read_err)?;
         io::Read::read_exact(&mut file, &mut buf).map_err(read_err)?;
         buf.extend_from_slice(&tail);
         tail = buf;
-        start = from;
-        // Complete lines end at the last newline; a torn tail follows it.
-        let complete_end = tail.iter().rposition(|b| *b == b'\n').map(|i| i + 1);
-        let enough = match complete_end {
-            Some(end) => start == 0 || tail[..end - 1].contains(&b'\n'),
-            None => start == 0,
+        start = from_pos;
+        if !cut {
+            // Complete lines end at the last newline; a torn tail follows it.
+            match tail.iter().rposition(|b| *b == b'\n') {
+                Some(i) => {
+                    let complete_len = start + i as u64 + 1;
+                    if complete_len < len {
+                        file.set_len(complete_len).map_err(read_err)?;
+                        file.sync_all().map_err(read_err)?;
+                    }
+                    tail.truncate(i + 1);
+                    cut = true;
+                }
+                None if start == 0 => {
+                    if len > 0 {
+                        file.set_len(0).map_err(read_err)?;
+                        file.sync_all().map_err(read_err)?;
+                    }
+                    return Ok(Vec::new());
+                }
+                None => continue,
+            }
+        }
+        // Lines wholly inside `tail`: all of them once the start of the file
+        // is reached, otherwise those after the first newline.
+        let first = if start == 0 {
+            0
+        } else {
+            match tail.iter().position(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => continue,
+            }
         };
-        if enough {
-            let end = complete_end.unwrap_or(0);
-            let complete_len = start + end as u64;
-            if complete_len < len {
-                file.set_len(complete_len).map_err(read_err)?;
-                file.sync_all().map_err(read_err)?;
-            }
-            if end == 0 {
-                return Ok(None);
-            }
-            let line_start = tail[..end - 1].iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            return Ok(Some(tail[line_start..end - 1].to_vec()));
+        let lines: Vec<&[u8]> = if first >= tail.len() {
+            Vec::new()
+        } else {
+            tail[first..tail.len() - 1].split(|b| *b == b'\n').collect()
+        };
+        if let Some(at) = lines.iter().rposition(|l| from(l)) {
+            return Ok(lines[at..].iter().map(|l| l.to_vec()).collect());
+        }
+        if start == 0 {
+            return Ok(lines.iter().map(|l| l.to_vec()).collect());
         }
     }
 }
@@ -373,13 +411,19 @@ impl<S: Sealer> Writer<S> {
             buf.clear();
             let mut receipts = Vec::with_capacity(pending.len());
             for (item, reply) in pending.drain(..) {
-                let (line, receipt) = self.sealer.seal(item);
-                buf.extend_from_slice(&line);
-                buf.push(b'\n');
+                let receipt = self.sealer.seal(item, &mut buf);
                 receipts.push((receipt, reply));
+            }
+            if buf.is_empty() {
+                // Nothing to write (an item that made no line): no sync.
+                for (receipt, reply) in receipts {
+                    let _ = reply.send(Ok(receipt));
+                }
+                continue;
             }
             match self.file.write_all(&buf).and_then(|()| self.file.sync_data()) {
                 Ok(()) => {
+                    self.sealer.synced();
                     for (receipt, reply) in receipts {
                         let _ = reply.send(Ok(receipt));
                     }
@@ -457,6 +501,25 @@ mod tests {
         std::fs::write(&path, b"torn only").expect("write");
         assert_eq!(last_line(&path).expect("torn"), None);
         assert_eq!(std::fs::read(&path).expect("read").len(), 0);
+    }
+
+    #[test]
+    fn tail_lines_reads_back_to_the_wanted_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.log");
+        let mut text = String::new();
+        for i in 0..50_000 {
+            text.push_str(&format!("{}{i}\n", if i % 9_000 == 0 { "mark " } else { "line " }));
+        }
+        text.push_str("torn");
+        std::fs::write(&path, &text).expect("write");
+        let tail = tail_lines(&path, |l| l.starts_with(b"mark")).expect("tail");
+        assert_eq!(tail.first().map(Vec::as_slice), Some(&b"mark 45000"[..]));
+        assert_eq!(tail.last().map(Vec::as_slice), Some(&b"line 49999"[..]));
+        assert_eq!(tail.len(), 5_000);
+        let all = tail_lines(&path, |_| false).expect("all");
+        assert_eq!(all.len(), 50_000);
+        assert_eq!(all[0], b"mark 0");
     }
 
     #[cfg(unix)]
