@@ -22,6 +22,8 @@ pub struct Config {
     pub connection: ConnectionConfig,
     #[serde(default)]
     pub checks: ChecksConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     pub provider: ProviderConfig,
 }
 
@@ -78,6 +80,33 @@ impl Default for ChecksConfig {
 
 fn default_max_lifetime() -> Duration {
     Duration::from_secs(15 * 60)
+}
+
+/// When the audit log signs a checkpoint: after this many entries, or once
+/// the newest checkpoint is this old, whichever comes first (and at shutdown).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: u64,
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use byoc_audit::{AuditLog, Event};
+use byoc_audit::Event;
 use byoc_proto::agent::v1::agent_service_client::AgentServiceClient;
 use byoc_proto::agent::v1::{EnrollRequest, Target};
 use rcgen::{CertificateParams, DnType, KeyPair};
@@ -119,7 +119,9 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         &serde_json::to_vec_pretty(&enrollment)?,
         0o644,
     )?;
-    let audit = AuditLog::open(&data.join("audit.log"))?;
+    // The audit key is made here, with the identity; its verifier key is
+    // printed for the customer to keep outside this host.
+    let audit = crate::auditlog::open(data, &resp.agent_id, &cfg.audit)?;
     audit
         .record(Event::new(
             "agent.enrolled",

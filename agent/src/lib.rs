@@ -12,6 +12,7 @@
 //!   again after every reconnect, until acknowledged;
 //! - the **[`status`]** writer publishes `status.json` (the agent has no listener).
 
+pub mod auditlog;
 pub mod checks;
 pub mod config;
 pub mod connect;

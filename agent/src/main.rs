@@ -69,23 +69,59 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Recompute every hash of the audit log; exit code 1 names the first bad entry.
+    /// Verify the audit log offline: recompute the RFC 6962 tree, check every
+    /// checkpoint signature, the consistency between successive checkpoints
+    /// and every receipt. Exit code 0: verified; 1: the log does not verify
+    /// (the message names the first bad entry); 2: could not run.
     Verify {
-        /// The log file (default: DATA_DIR/audit.log from --config).
+        #[command(flatten)]
+        at: LogDir,
+        /// The verifier key to trust (`<name>+<id>+<key>`), as printed at
+        /// enrollment. Default: verifier.key beside the log, which does not
+        /// rule out a log re-signed by someone holding this host.
         #[arg(long)]
-        log: Option<PathBuf>,
-        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
-        config: PathBuf,
+        key: Option<String>,
+        /// A checkpoint kept outside this host; the log must still contain
+        /// the tree it signs. May be repeated.
+        #[arg(long = "trusted-checkpoint")]
+        trusted_checkpoints: Vec<PathBuf>,
     },
-    /// Print audit entries, optionally of one operation only.
+    /// Print audit entries, optionally of one operation only (with its
+    /// receipt, a C2SP tlog-proof, once a checkpoint covers its outcome).
     Show {
         #[arg(long)]
         op: Option<String>,
-        #[arg(long)]
-        log: Option<PathBuf>,
-        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        at: LogDir,
     },
+    /// Write entries as JSON lines for a SIEM: each entry with the log's
+    /// name, its index and its leaf hash added.
+    Export {
+        /// The first entry to export (to continue an earlier export).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[command(flatten)]
+        at: LogDir,
+    },
+}
+
+/// Which audit log: `--dir`, or the one under the data directory of `--config`.
+#[derive(clap::Args)]
+struct LogDir {
+    /// The audit log directory (default: DATA_DIR/audit from --config).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+    config: PathBuf,
+}
+
+impl LogDir {
+    fn resolve(&self) -> anyhow::Result<PathBuf> {
+        match &self.dir {
+            Some(p) => Ok(p.clone()),
+            None => Ok(byoc_agent::auditlog::dir(&Config::load(&self.config)?.data_dir)),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,13 +149,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-fn log_path(log: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
-    match log {
-        Some(p) => Ok(p),
-        None => Ok(Config::load(config)?.data_dir.join("audit.log")),
-    }
-}
-
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Enroll {
@@ -130,6 +159,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = Config::load(&config)?;
             let e = runtime()?.block_on(byoc_agent::enroll::enroll(&cfg, &token, &control_plane))?;
             println!("enrolled as {} with {}", e.agent_id, e.control_plane);
+            let vkey = byoc_agent::auditlog::dir(&cfg.data_dir).join(byoc_audit::log::VERIFIER_KEY);
+            if let Ok(k) = std::fs::read_to_string(&vkey) {
+                println!(
+                    "audit verifier key: {}\n  keep a copy outside this host: `byoc-agent audit verify --key KEY` then proves the log was not re-signed",
+                    k.trim()
+                );
+            }
             println!(
                 "client certificate valid until {}",
                 fmt_ms(e.certificate_not_after_unix_ms)
@@ -166,46 +202,73 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Audit {
-            cmd: AuditCmd::Verify { log, config },
+        Cmd::Audit { cmd } => audit(cmd),
+    }
+}
+
+fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify {
+            at,
+            key,
+            trusted_checkpoints,
         } => {
-            let path = log_path(log, &config)?;
-            match byoc_audit::verify::verify_file(&path) {
+            let dir = at.resolve()?;
+            let key = key
+                .map(|k| byoc_audit::note::Verifier::parse(&k))
+                .transpose()
+                .context("--key")?;
+            let trusted_checkpoints = trusted_checkpoints
+                .iter()
+                .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display())))
+                .collect::<anyhow::Result<_>>()?;
+            let opts = byoc_audit::verify::Options {
+                key,
+                trusted_checkpoints,
+            };
+            match byoc_audit::verify::verify_dir(&dir, &opts) {
                 Ok(s) => {
-                    println!(
-                        "audit log {} verifies: {} entries, head {}",
-                        path.display(),
-                        s.entries,
-                        s.head
-                    );
+                    println!("{}", byoc_audit::verify::describe(&dir, &s));
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(f) => {
-                    println!("audit log {} does NOT verify: {f}", path.display());
+                    println!("audit log {} does NOT verify: {f}", dir.display());
                     Ok(ExitCode::from(1))
                 }
             }
         }
-        Cmd::Audit {
-            cmd: AuditCmd::Show { op, log, config },
-        } => {
-            let path = log_path(log, &config)?;
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            for (i, line) in text.lines().enumerate() {
-                let e: byoc_audit::Entry = serde_json::from_str(line)
-                    .with_context(|| format!("{} line {} is not an audit entry", path.display(), i + 1))?;
-                if op.as_deref().is_some_and(|o| e.op.as_deref() != Some(o)) {
-                    continue;
+        AuditCmd::Show { op, at } => {
+            let dir = at.resolve()?;
+            byoc_audit::export::for_each_entry(&dir, |e, _| {
+                let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+                if op.as_deref().is_some_and(|o| s("op") != o) {
+                    return Ok(());
                 }
+                let actor = e.get("actor").filter(|a| !a.is_null()).map(|a| format!(" actor={a}"));
                 println!(
-                    "{:>6} {} {:<22} {:<20} {}",
-                    e.seq,
-                    e.time,
-                    e.kind,
-                    e.op.as_deref().unwrap_or("-"),
-                    e.detail
+                    "{:>6} {} {:<24} {:<20} {}{}",
+                    e.get("seq").and_then(|v| v.as_u64()).unwrap_or_default(),
+                    s("time"),
+                    s("kind"),
+                    s("op"),
+                    e.get("detail").cloned().unwrap_or_default(),
+                    actor.unwrap_or_default()
                 );
+                Ok(())
+            })?;
+            if let Some(op) = op {
+                for proof in byoc_audit::export::receipts_for(&dir, &op)? {
+                    println!("\nreceipt (c2sp.org/tlog-proof) of {op}:\n{proof}");
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCmd::Export { from, at } => {
+            let dir = at.resolve()?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            byoc_audit::export::export(&dir, from, &mut out)?;
+            std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -194,7 +194,7 @@ fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let data = cfg.data_dir.clone();
     let identity = Identity::load(&data)?;
-    let audit = AuditLog::open(&data.join("audit.log"))?;
+    let audit = crate::auditlog::open(&data, &identity.enrollment.agent_id, &cfg.audit)?;
     let (journal, replayed) = Journal::open(&data.join("journal.log"))?;
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
     let (outbox, outbox_stats) = Outbox::start(
@@ -315,6 +315,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             json!({ "error": outcome.as_ref().err().map(|e| e.to_string()) }),
         ))
         .await;
+    // Sign everything recorded: a checkpoint at shutdown.
+    if let Err(e) = agent.audit.close().await {
+        tracing::error!(error = %e, "cannot write the shutdown checkpoint");
+    }
     outcome
 }
 

@@ -11,7 +11,10 @@ use crate::merkle;
 
 /// Calls `f` with each entry of the log in `dir` (as JSON) and its leaf hash.
 /// Stops at the first line that is not an entry, naming it.
-pub fn for_each_entry(dir: &Path, mut f: impl FnMut(Map<String, Value>, merkle::Hash) -> std::io::Result<()>) -> Result<u64> {
+pub fn for_each_entry(
+    dir: &Path,
+    mut f: impl FnMut(Map<String, Value>, merkle::Hash) -> std::io::Result<()>,
+) -> Result<u64> {
     let path = dir.join(ENTRIES);
     let file = std::fs::File::open(&path).map_err(|e| ReadError(format!("cannot open {}: {e}", path.display())))?;
     let mut n = 0u64;

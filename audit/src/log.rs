@@ -158,7 +158,14 @@ pub struct MerkleSealer {
 }
 
 impl MerkleSealer {
-    fn push_line(&mut self, kind: &str, op: Option<&str>, actor: Option<&Value>, detail: &Value, out: &mut Vec<u8>) -> Receipt {
+    fn push_line(
+        &mut self,
+        kind: &str,
+        op: Option<&str>,
+        actor: Option<&Value>,
+        detail: &Value,
+        out: &mut Vec<u8>,
+    ) -> Receipt {
         let seq = self.next_seq;
         let body = Body {
             seq,
@@ -340,7 +347,8 @@ fn is_checkpoint_line(line: &[u8]) -> bool {
         kind: std::borrow::Cow<'a, str>,
     }
     // A cheap filter first: most lines are not checkpoints.
-    line.windows(CHECKPOINT_KIND.len()).any(|w| w == CHECKPOINT_KIND.as_bytes())
+    line.windows(CHECKPOINT_KIND.len())
+        .any(|w| w == CHECKPOINT_KIND.as_bytes())
         && serde_json::from_slice::<Kind>(line).is_ok_and(|k| k.kind == CHECKPOINT_KIND)
 }
 
@@ -434,18 +442,20 @@ impl AuditLog {
 
 fn spawn_ticker(wal: Wal<MerkleSealer>, alive: Weak<()>, interval: Duration) {
     let step = interval.min(Duration::from_secs(1));
-    let _ = std::thread::Builder::new().name("audit-checkpoints".into()).spawn(move || {
-        loop {
-            std::thread::sleep(step);
-            if alive.upgrade().is_none() {
-                return;
+    let _ = std::thread::Builder::new()
+        .name("audit-checkpoints".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(step);
+                if alive.upgrade().is_none() {
+                    return;
+                }
+                // A poisoned log refuses the tick: nothing to sign anyway.
+                if let Ok(fut) = wal.submit(Item::Tick) {
+                    drop(fut);
+                }
             }
-            // A poisoned log refuses the tick: nothing to sign anyway.
-            if let Ok(fut) = wal.submit(Item::Tick) {
-                drop(fut);
-            }
-        }
-    });
+        });
 }
 
 /// Rebuilds the writer's state from the end of the log: the newest
@@ -492,7 +502,10 @@ fn restore(path: &Path, dir: &Path, signer: Signer, opts: Options) -> Result<Mer
             s.next_seq = e.seq;
             s.prev = parse_hash(&e.prev).ok_or_else(|| damaged("the newest checkpoint's prev is not a hash".into()))?;
         } else if i == 0 && e.seq != 0 {
-            return Err(damaged(format!("the log has no checkpoint and starts at entry {}", e.seq)));
+            return Err(damaged(format!(
+                "the log has no checkpoint and starts at entry {}",
+                e.seq
+            )));
         }
         if e.seq != s.next_seq || e.prev != hex::encode(s.prev) {
             return Err(damaged(format!(

@@ -324,19 +324,22 @@ pub fn verify_consistency(old: u64, new: u64, old_root: &Hash, new_root: &Hash, 
 mod tests {
     use super::*;
 
-    fn h(s: &str) -> Hash {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).expect("hex");
-        out
-    }
-
     /// The eight leaves of the test vectors published with RFC 6962's
     /// reference implementation (certificate-transparency, merkle_tree_test).
     fn vector_leaves() -> Vec<Hash> {
-        ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
-            .iter()
-            .map(|l| leaf_hash(&hex::decode(l).expect("hex")))
-            .collect()
+        [
+            "",
+            "00",
+            "10",
+            "2021",
+            "3031",
+            "40414243",
+            "5051525354555657",
+            "606162636465666768696a6b6c6d6e6f",
+        ]
+        .iter()
+        .map(|l| leaf_hash(&hex::decode(l).expect("hex")))
+        .collect()
     }
 
     #[test]
@@ -467,7 +470,10 @@ mod tests {
                 let rm = root(&leaves[..m as usize]);
                 assert!(verify_consistency(m, n, &rm, &r, &p), "{m} -> {n}");
                 if m < n {
-                    assert!(!verify_consistency(m, n, &r, &r, &p), "{m} -> {n} with a wrong old head");
+                    assert!(
+                        !verify_consistency(m, n, &r, &r, &p),
+                        "{m} -> {n} with a wrong old head"
+                    );
                 }
             }
         }

@@ -54,7 +54,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,7 +204,10 @@ impl Checkpoint {
     /// Parses a checkpoint note's text (extension lines after the third are allowed and ignored).
     pub fn parse(text: &str) -> Result<Self, FormatError> {
         let mut lines = text.split('\n');
-        let origin = lines.next().filter(|o| !o.is_empty()).ok_or_else(|| bad("no origin line"))?;
+        let origin = lines
+            .next()
+            .filter(|o| !o.is_empty())
+            .ok_or_else(|| bad("no origin line"))?;
         let size = lines.next().ok_or_else(|| bad("no tree size line"))?;
         if size.is_empty() || (size.len() > 1 && size.starts_with('0')) || !size.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad(format!("tree size {size:?} is not a decimal number")));
@@ -301,7 +306,12 @@ mod tests {
         let tampered = note.replacen("\n7\n", "\n8\n", 1);
         assert!(v.open(&tampered).is_err());
         let (other, _) = Signer::generate(s.name()).expect("key");
-        assert!(Verifier::parse(&other.verifier_key()).expect("vkey").open(&note).is_err());
+        assert!(
+            Verifier::parse(&other.verifier_key())
+                .expect("vkey")
+                .open(&note)
+                .is_err()
+        );
     }
 
     #[test]

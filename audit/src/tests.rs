@@ -25,7 +25,11 @@ fn opts(every: u64) -> Options {
 async fn write_log(dir: &Path, n: usize, every: u64) {
     let log = AuditLog::open(&dir.join("audit"), key(dir), opts(every)).expect("open");
     for i in 0..n {
-        let kind = if i % 3 == 2 { "operation.finished" } else { "operation.received" };
+        let kind = if i % 3 == 2 {
+            "operation.finished"
+        } else {
+            "operation.received"
+        };
         log.record(Event::new(kind, Some(&format!("op-{i}")), json!({"i": i})))
             .await
             .expect("record");
@@ -146,7 +150,10 @@ async fn each_kind_of_tampering_is_named_at_its_entry() {
     }
     put(dir.path(), &l);
     let f = check(dir.path()).expect_err("rewrite");
-    assert!(f.reason.contains("not the ones it signed") || f.reason.contains("receipt"), "{f}");
+    assert!(
+        f.reason.contains("not the ones it signed") || f.reason.contains("receipt"),
+        "{f}"
+    );
 
     // Restored, it verifies again.
     put(dir.path(), &orig);
@@ -162,7 +169,7 @@ async fn a_trusted_checkpoint_catches_a_log_cut_back_with_its_checkpoint_files()
     let orig = lines(dir.path());
     // Cut back to the first checkpoint (entry 5), and remove every file that
     // would give it away.
-    put(dir.path(), &orig[..6].to_vec());
+    put(dir.path(), &orig[..6]);
     std::fs::remove_file(audit.join(LATEST_CHECKPOINT)).expect("rm");
     std::fs::remove_file(audit.join(RECEIPTS)).expect("rm");
     check(dir.path()).expect("a consistent prefix verifies on its own");
@@ -196,7 +203,10 @@ async fn a_foreign_key_is_refused_by_the_writer_and_the_verifier() {
         },
     )
     .expect_err("another key");
-    assert!(f.reason.contains("not signed by") || f.reason.contains("signature"), "{f}");
+    assert!(
+        f.reason.contains("not signed by") || f.reason.contains("signature"),
+        "{f}"
+    );
 }
 
 #[tokio::test]

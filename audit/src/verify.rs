@@ -108,7 +108,9 @@ fn load_receipts(dir: &Path, key: &Verifier) -> Result<HashMap<u64, Vec<ReceiptC
         if proof.index != r.index {
             return Err(bad("the proof's index is not the receipt's".into()));
         }
-        out.entry(r.index).or_default().push(ReceiptCheck { op: r.op, proof, cp });
+        out.entry(r.index)
+            .or_default()
+            .push(ReceiptCheck { op: r.op, proof, cp });
     }
     Ok(out)
 }
@@ -120,7 +122,10 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
         None => {
             let p = dir.join(VERIFIER_KEY);
             let text = std::fs::read_to_string(&p).map_err(|e| fail(0, format!("cannot read {}: {e}", p.display())))?;
-            (Verifier::parse(&text).map_err(|e| fail(0, format!("{}: {e}", p.display())))?, true)
+            (
+                Verifier::parse(&text).map_err(|e| fail(0, format!("{}: {e}", p.display())))?,
+                true,
+            )
         }
     };
     let mut receipts = load_receipts(dir, &key)?;
@@ -180,7 +185,10 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             if cp.size != n {
                 return Err(fail(
                     n,
-                    format!("the checkpoint signs {} entries; it must sign the {n} before it", cp.size),
+                    format!(
+                        "the checkpoint signs {} entries; it must sign the {n} before it",
+                        cp.size
+                    ),
                 ));
             }
             if cp.root != tree.root() {
@@ -296,7 +304,10 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             None => {
                 return Err(fail(
                     cp.size,
-                    format!("{name} signs a tree of {} entries that no checkpoint in the log signs", cp.size),
+                    format!(
+                        "{name} signs a tree of {} entries that no checkpoint in the log signs",
+                        cp.size
+                    ),
                 ));
             }
         }
@@ -319,7 +330,6 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
     })
 }
 
-
 /// A human summary of a successful verification.
 pub fn describe(dir: &Path, s: &Summary) -> String {
     let mut out = format!(
@@ -331,7 +341,10 @@ pub fn describe(dir: &Path, s: &Summary) -> String {
         s.receipts
     );
     if s.checkpoints > 0 {
-        out.push_str(&format!("\nnewest signed tree: {} entries, head {}", s.signed_size, s.signed_root));
+        out.push_str(&format!(
+            "\nnewest signed tree: {} entries, head {}",
+            s.signed_size, s.signed_root
+        ));
     }
     if s.unsigned_tail > 0 {
         out.push_str(&format!(

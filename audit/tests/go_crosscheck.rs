@@ -3,6 +3,8 @@
 //! and golang-golang-x-mod-dev, which `make test` installs), through
 //! `audit/xcheck/main.go`.
 
+#![allow(clippy::expect_used, clippy::panic)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -48,10 +50,18 @@ async fn go_sumdb_note_and_tlog_verify_our_logs() {
     )
     .expect("open");
     for i in 0..500u32 {
-        let kind = if i % 4 == 3 { "operation.finished" } else { "provider.call" };
-        log.record(Event::new(kind, Some(&format!("op-{}", i / 4)), json!({"i": i, "text": "ünïcode ✓"})))
-            .await
-            .expect("record");
+        let kind = if i % 4 == 3 {
+            "operation.finished"
+        } else {
+            "provider.call"
+        };
+        log.record(Event::new(
+            kind,
+            Some(&format!("op-{}", i / 4)),
+            json!({"i": i, "text": "ünïcode ✓"}),
+        ))
+        .await
+        .expect("record");
     }
     log.close().await.expect("close");
     drop(log);

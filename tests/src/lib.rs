@@ -412,7 +412,7 @@ impl Agent {
 
     /// The audit log's entries.
     pub fn audit(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.data_dir().join("audit.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.data_dir().join("audit").join("log.jsonl")).unwrap_or_default();
         // The agent may be appending right now: a last line without its newline
         // is still being written, not damage.
         let complete = match text.rfind('\n') {

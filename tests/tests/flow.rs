@@ -67,7 +67,10 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
     assert!(password.len() >= 16);
     for (what, text) in [
         ("control plane state", byoc_tests::read(&cp.dir.join("state.log"))),
-        ("audit log", byoc_tests::read(&agent.data_dir().join("audit.log"))),
+        (
+            "audit log",
+            byoc_tests::read(&agent.data_dir().join("audit").join("log.jsonl")),
+        ),
         ("agent log", agent.log()),
         ("journal", byoc_tests::read(&agent.data_dir().join("journal.log"))),
     ] {

@@ -525,7 +525,7 @@ async fn no_secret_byte_leaves_the_account_in_any_frame_log_or_record() {
         ("agent log", agent.log().into_bytes()),
         (
             "audit log",
-            std::fs::read(agent.data_dir().join("audit.log")).expect("audit"),
+            std::fs::read(agent.data_dir().join("audit").join("log.jsonl")).expect("audit"),
         ),
         (
             "journal",
