@@ -115,15 +115,16 @@ impl Executor {
         // Not awaited on its own: the next thing the executor does is a provider
         // call, whose audit record it awaits before the call; the log is ordered,
         // so that wait makes this record durable too (and fails if it failed).
+        let hooks = Hooks {
+            audit: &self.audit,
+            session: &self.session,
+            op_id: &op_id,
+            last: Mutex::new(None),
+            calls: Mutex::new(Calls::default()),
+        };
         let (plan, outcome) = match self.audit.record_before_next(started) {
             Err(e) => (None, Err(Failure::AuditUnavailable(e.to_string()))),
             Ok(_) => {
-                let hooks = Hooks {
-                    audit: &self.audit,
-                    session: &self.session,
-                    op_id: &op_id,
-                    last: Mutex::new(None),
-                };
                 let ctx = CallContext {
                     operation_id: &op_id,
                     idempotency_key: &v.op.idempotency_key,
@@ -146,6 +147,7 @@ impl Executor {
                 "outcome": Outcome::try_from(result.outcome).map(|o| o.as_str_name()).unwrap_or("?"),
                 "resource_id": result.outputs.as_ref().map(|o| o.resource_id.clone()),
                 "problem": result.problem.as_ref().map(|p| json!({"code": p.code, "message": p.message})),
+                "calls": hooks.calls.lock().unwrap_or_else(|e| e.into_inner()).to_json(),
             }),
         );
         // The outcome is recorded before the result can leave. If it cannot be,
@@ -335,6 +337,37 @@ struct Hooks<'a> {
     /// poll; the control plane hears of a change of phase, of 5 points, or once
     /// a second.
     last: Mutex<Option<(String, i32, std::time::Instant)>>,
+    /// Cloud calls made, with their request ids, for the outcome's audit entry.
+    calls: Mutex<Calls>,
+}
+
+/// The calls of one operation: every mutating call, and read-only ones up to
+/// a bound (an operation that polls for minutes makes many).
+#[derive(Default)]
+struct Calls {
+    listed: Vec<serde_json::Value>,
+    read_only_left_out: u64,
+}
+
+const MAX_LISTED_READS: usize = 32;
+
+impl Calls {
+    fn add(&mut self, call: &ProviderCall, request_id: &str, error: Option<&str>) {
+        let reads = self.listed.iter().filter(|c| c["mutating"] == false).count();
+        if !call.mutating && reads >= MAX_LISTED_READS {
+            self.read_only_left_out += 1;
+            return;
+        }
+        let mut c = json!({ "action": call.action, "resource": call.resource, "mutating": call.mutating, "request_id": request_id });
+        if let Some(e) = error {
+            c["error"] = json!(e);
+        }
+        self.listed.push(c);
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({ "made": self.listed, "read_only_not_listed": self.read_only_left_out })
+    }
 }
 
 #[async_trait]
@@ -350,6 +383,13 @@ impl CallHooks for Hooks<'_> {
             .await
             .map(|_| ())
             .map_err(|e| format!("audit log unavailable: {e}"))
+    }
+
+    fn called(&self, call: &ProviderCall, request_id: &str, error: Option<&str>) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(call, request_id, error);
     }
 
     fn progress(&self, phase: &str, message: &str, percent: Option<u8>) {

@@ -60,6 +60,19 @@ impl Agent {
         *self.outbox_stats.borrow()
     }
 
+    /// Who sends operations, as the audit log records it: the control plane
+    /// this agent enrolled with, the CA it pinned and the key that signs
+    /// operations (SHA-256 fingerprints).
+    pub fn actor(&self) -> serde_json::Value {
+        let sha = |b: &[u8]| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b));
+        let id = self.identity();
+        json!({
+            "control_plane": self.cfg.control_plane.clone().unwrap_or_else(|| id.enrollment.control_plane.clone()),
+            "ca_sha256": sha(id.ca.as_ref()),
+            "operation_key_sha256": sha(&self.operation_key),
+        })
+    }
+
     fn identity(&self) -> std::sync::MutexGuard<'_, Identity> {
         self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -158,7 +171,7 @@ impl Agent {
                 "operation.refused",
                 Some(&op.id),
                 json!({ "sequence": op.sequence, "code": refusal.code, "rule": refusal.rule, "message": refusal.message, "field": refusal.field }),
-            ))
+            ).with_actor(self.actor()))
             .await
             .map_err(|e| e.to_string())?;
         // A refused operation that is genuinely ours is done with: record its

@@ -213,7 +213,8 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                             "name": v.spec.name(), "idempotency_key": v.op.idempotency_key,
                             "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
                         }),
-                    );
+                    )
+                    .with_actor(agent.actor());
                     let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
                     a.map_err(|e| SessionError::Durable(e.to_string()))?;
                     j.map_err(|e| SessionError::Durable(e.to_string()))?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
     let w = World::new();
     let cp = w.control_plane();
-    let agent = w.agent(&cp, SimDelays::all(Duration::from_millis(300)));
+    let mut agent = w.agent(&cp, SimDelays::all(Duration::from_millis(300)));
 
     let specs = [
         ("cluster", cluster("prod")),
@@ -98,16 +98,50 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
         .find(|e| e["op"] == ids[0].as_str() && e["detail"]["action"] == "sim:CreateCluster")
         .expect("the create call is audited");
     assert_eq!(create["detail"]["mutating"], true);
-
-    let v = agent.audit_verify();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
-    assert!(String::from_utf8_lossy(&v.stdout).contains("verifies"));
+    // Who asked: the control plane, by the CA and operation key pinned at enrollment.
+    let received = audit
+        .iter()
+        .find(|e| e["op"] == ids[0].as_str() && e["kind"] == "operation.received")
+        .expect("received");
+    assert_eq!(received["actor"]["control_plane"], cp.url.as_str());
+    assert_eq!(received["actor"]["operation_key_sha256"].as_str().map(str::len), Some(64));
+    // The outcome lists the cloud calls with the cloud's request ids, to match
+    // against the cloud's own audit trail.
+    let finished = audit
+        .iter()
+        .find(|e| e["op"] == ids[0].as_str() && e["kind"] == "operation.finished")
+        .expect("finished");
+    let made = finished["detail"]["calls"]["made"].as_array().expect("calls");
+    let create_call = made
+        .iter()
+        .find(|c| c["action"] == "sim:CreateCluster")
+        .expect("the create call with its request id");
+    assert!(create_call["request_id"].as_str().is_some_and(|r| r.starts_with("sim-")), "{create_call}");
 
     // Status shows a connected agent and a certificate expiry.
     let st = agent.status();
     let st = String::from_utf8_lossy(&st.stdout);
     assert!(st.contains("connection:     connected"), "{st}");
     assert!(st.contains("certificate:    expires"), "{st}");
+
+    // Stopped, the agent signs a last checkpoint: the log verifies whole,
+    // every outcome has a receipt, against the key printed at enrollment.
+    assert_eq!(agent.stop(), Some(0), "clean stop");
+    let v = agent.audit_verify();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{out}");
+    assert!(out.contains("verifies"), "{out}");
+    assert!(out.contains(&format!("{} receipts", ids.len())), "{out}");
+    assert!(!out.contains("not signed yet"), "{out}");
+    let show = agent
+        .cli()
+        .args(["audit", "show", "--op", &ids[0], "--config"])
+        .arg(&agent.config)
+        .output()
+        .expect("show");
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("c2sp.org/tlog-proof@v1"), "{show}");
+
 }
 
 #[test]

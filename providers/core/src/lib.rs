@@ -68,6 +68,10 @@ pub trait CallHooks: Send + Sync {
     async fn before_call(&self, call: &ProviderCall) -> Result<(), String>;
     /// Progress of a long-running step; `percent` is 0..=100 when known.
     fn progress(&self, phase: &str, message: &str, percent: Option<u8>);
+    /// Called after a cloud call with the cloud's request id (what CloudTrail,
+    /// Cloud Audit Logs or the Activity Log know the call by) and the error, if
+    /// any. The agent puts these in the operation's outcome audit entry.
+    fn called(&self, _call: &ProviderCall, _request_id: &str, _error: Option<&str>) {}
 }
 
 /// Per-operation context for provider calls.
@@ -93,6 +97,18 @@ impl CallContext<'_> {
             .map_err(|reason| ProviderError::Aborted {
                 message: format!("{action}: {reason}"),
             })
+    }
+}
+
+impl CallContext<'_> {
+    /// Reports a call's request id to the hooks (see [`CallHooks::called`]).
+    pub fn called(&self, action: &str, resource: &str, mutating: bool, request_id: &str, error: Option<&str>) {
+        let call = ProviderCall {
+            action: action.to_string(),
+            resource: resource.to_string(),
+            mutating,
+        };
+        self.hooks.called(&call, request_id, error);
     }
 }
 

@@ -147,13 +147,25 @@ impl SimCloud {
         mutating: bool,
     ) -> Result<(), ProviderError> {
         ctx.before_call(action, &address.resource(), mutating).await?;
-        self.faults(ctx, action, address).await
+        self.faults_of(ctx, action, address, mutating).await
+    }
+
+    async fn faults(&self, ctx: &CallContext<'_>, action: &str, address: &Address) -> Result<(), ProviderError> {
+        self.faults_of(ctx, action, address, false).await
     }
 
     /// The faults injected into a call whose before-call hook already ran.
-    async fn faults(&self, ctx: &CallContext<'_>, action: &str, address: &Address) -> Result<(), ProviderError> {
+    /// Every call gets a request id, as a real cloud's do, reported to the hooks.
+    async fn faults_of(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        address: &Address,
+        mutating: bool,
+    ) -> Result<(), ProviderError> {
         let resource = address.resource();
-        tracing::debug!(operation = ctx.operation_id, action, resource, "sim cloud call");
+        let request_id = request_id();
+        tracing::debug!(operation = ctx.operation_id, action, resource, request_id, "sim cloud call");
         let act = action.to_string();
         let injected = self.locked(move |store| Ok(store.inject_faults(&act)?)).await?;
         if !injected.delay.is_zero() {
@@ -162,9 +174,13 @@ impl SimCloud {
         match injected.error {
             Some(e) => {
                 tracing::debug!(action, resource, error = %e, "sim cloud call failed (injected fault)");
+                ctx.called(action, &resource, mutating, &request_id, Some(&e.to_string()));
                 Err(e)
             }
-            None => Ok(()),
+            None => {
+                ctx.called(action, &resource, mutating, &request_id, None);
+                Ok(())
+            }
         }
     }
 
@@ -445,4 +461,16 @@ fn check_deletable(store: &Store, address: &Address, stored: &Stored, now: Syste
         ResourceKind::NodePool | ResourceKind::Sandbox => {}
     }
     Ok(())
+}
+
+/// A request id in the form the simulated cloud gives its calls: unique per
+/// call, like a real cloud's (an AWS `x-amzn-RequestId`, say).
+fn request_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("sim-{:012x}-{:06x}-{:04x}", t >> 16, std::process::id() & 0xff_ffff, n & 0xffff)
 }
