@@ -56,6 +56,20 @@ impl Refusal {
         }
     }
 
+    /// The audit log cannot record: every operation is refused, unrecorded
+    /// (nothing is done, so nothing goes unrecorded), and the control plane
+    /// is told why.
+    pub fn audit_unavailable(reason: &str, dir: &std::path::Path) -> Self {
+        Self::new(
+            "audit_unavailable",
+            "audit.fail_closed",
+            format!(
+                "the agent's audit log in {} cannot record ({reason}); the agent acts on nothing it cannot record and refuses every operation until it can: free space or fix the disk, then restart the agent",
+                dir.display()
+            ),
+        )
+    }
+
     fn untrusted(mut self) -> Self {
         self.sequence_trusted = false;
         self

@@ -12,9 +12,9 @@ use byoc_audit::{AuditLog, Event};
 use byoc_proto::agent::v1::{self as pb, AgentMessage, OperationProgress, OperationResult, Outcome, agent_message};
 use byoc_provider::{CallContext, CallHooks, Outputs, Plan, PlanSummary, Provider, ProviderCall, ProviderError};
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::checks::{Action, Verified};
 use crate::now_ms;
@@ -32,7 +32,6 @@ pub struct Executor {
     permits: Arc<Semaphore>,
     deadline: Duration,
     in_flight: Mutex<HashMap<String, CancellationToken>>,
-    fatal: mpsc::UnboundedSender<String>,
 }
 
 impl Executor {
@@ -43,7 +42,6 @@ impl Executor {
         session: SessionSender,
         max_concurrent: usize,
         deadline: Duration,
-        fatal: mpsc::UnboundedSender<String>,
     ) -> Arc<Self> {
         Arc::new(Self {
             provider,
@@ -53,7 +51,6 @@ impl Executor {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             deadline,
             in_flight: Mutex::new(HashMap::new()),
-            fatal,
         })
     }
 
@@ -151,12 +148,23 @@ impl Executor {
             }),
         );
         // The outcome is recorded before the result can leave. If it cannot be,
-        // the agent stops; on restart the operation resumes from the journal and
-        // converges, and its result is recorded then.
+        // the result is held: the operation stays open in the journal, resumes
+        // at the next start with a working log and converges, and its result is
+        // recorded and sent then. The control plane hears why it waits; the
+        // agent stays up to refuse what comes next and say why.
         if let Err(e) = self.audit.record(finished).await {
-            let _ = self
-                .fatal
-                .send(format!("cannot record the outcome of {op_id} in the audit log: {e}"));
+            let msg = format!(
+                "the audit log cannot record the outcome ({e}); the result is held until the agent restarts with a working log"
+            );
+            error!(op = %op_id, "{msg}");
+            self.session.try_send(AgentMessage {
+                body: Some(agent_message::Body::Progress(OperationProgress {
+                    operation_id: op_id.clone(),
+                    phase: "outcome_held".into(),
+                    message: msg,
+                    percent: -1,
+                })),
+            });
             return;
         }
         info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");

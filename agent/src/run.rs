@@ -165,15 +165,36 @@ impl Agent {
 
     /// Refuses an operation: audited, then answered through the outbox.
     pub async fn refuse(&self, op: &byoc_proto::agent::v1::Operation, refusal: Refusal) -> Result<(), String> {
-        warn!(op = %op.id, code = refusal.code, rule = refusal.rule, message = %refusal.message, "operation refused");
-        self.audit
+        let recorded = self
+            .audit
             .record(Event::new(
                 "operation.refused",
                 Some(&op.id),
                 json!({ "sequence": op.sequence, "code": refusal.code, "rule": refusal.rule, "message": refusal.message, "field": refusal.field }),
             ).with_actor(self.actor()))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await;
+        if let Err(e) = recorded {
+            return self
+                .refuse_unaudited(op, Refusal::audit_unavailable(&e.to_string(), self.audit.dir()))
+                .await;
+        }
+        warn!(op = %op.id, code = refusal.code, rule = refusal.rule, message = %refusal.message, "operation refused");
+        self.answer_refusal(op, refusal).await
+    }
+
+    /// Refuses an operation when the audit log cannot record: nothing is
+    /// done, the refusal is journaled and sent, and the agent's own log says so.
+    pub async fn refuse_unaudited(
+        &self,
+        op: &byoc_proto::agent::v1::Operation,
+        refusal: Refusal,
+    ) -> Result<(), String> {
+        error!(op = %op.id, code = refusal.code, message = %refusal.message, "operation refused: the audit log cannot record");
+        self.status.update(|s| s.last_error = Some(refusal.message.clone()));
+        self.answer_refusal(op, refusal).await
+    }
+
+    async fn answer_refusal(&self, op: &byoc_proto::agent::v1::Operation, refusal: Refusal) -> Result<(), String> {
         // A refused operation that is genuinely ours is done with: record its
         // sequence so it is never taken again. A forged, misaddressed or replayed
         // one must not move the mark (a forged u64::MAX would lock the agent out).
@@ -225,7 +246,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session.clone(),
         cfg.executor.max_concurrent_operations,
         cfg.executor.operation_deadline,
-        fatal_tx.clone(),
     );
     let status = StatusHandle::start(
         &data,
@@ -266,7 +286,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             None,
             json!({ "version": env!("CARGO_PKG_VERSION"), "resuming": replayed.pending.len(), "unacknowledged_results": replayed.outbox.len() }),
         ))
-        .await?;
+        .await
+        // Start anyway: connected, the agent refuses every operation and tells
+        // the control plane why, which a stopped agent could not.
+        .map_err(|e| error!(error = %e, "the audit log cannot record; every operation will be refused until it can"))
+        .ok();
 
     // Resume what was accepted and not finished: the provider converges.
     for op in replayed.pending {

@@ -15,9 +15,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::checks::Checker;
+use crate::checks::Refusal;
 use crate::now_ms;
 use crate::outbox::Cmd;
 use crate::run::Agent;
@@ -116,7 +117,13 @@ pub async fn run_session(
             json!({ "control_plane": url, "control_plane_id": welcome.control_plane_id }),
         ))
         .await
-        .map_err(|e| SessionError::Durable(e.to_string()))?;
+        // A log that cannot record does not keep the agent off the line: the
+        // session is how the control plane hears that every operation is
+        // refused until the log records again.
+        .map_err(
+            |e| error!(error = %e, "cannot record session.connected in the audit log; every operation will be refused"),
+        )
+        .ok();
     *connected = true;
     info!(%url, control_plane = %welcome.control_plane_id, "connected");
     agent.status.update(|s| {
@@ -189,6 +196,13 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 warn!(op = %op.id, "operation already running; ignoring the duplicate");
                 return Ok(());
             }
+            if agent.audit.is_failed() {
+                let refusal = Refusal::audit_unavailable("an earlier write failed", agent.audit.dir());
+                return agent
+                    .refuse_unaudited(&op, refusal)
+                    .await
+                    .map_err(SessionError::Durable);
+            }
             let paused = agent.observe_pause().await;
             let checker = Checker {
                 agent_id: &agent.agent_id,
@@ -216,8 +230,16 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                     )
                     .with_actor(agent.actor());
                     let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
-                    a.map_err(|e| SessionError::Durable(e.to_string()))?;
                     j.map_err(|e| SessionError::Durable(e.to_string()))?;
+                    if let Err(e) = a {
+                        // Not recorded, so not done: the journal's acceptance is
+                        // closed with this refusal, so a restart does not resume it.
+                        let refusal = Refusal::audit_unavailable(&e.to_string(), agent.audit.dir());
+                        return agent
+                            .refuse_unaudited(&op, refusal)
+                            .await
+                            .map_err(SessionError::Durable);
+                    }
                     agent.set_highest_seq(seq);
                     let accepted = OperationAccepted {
                         operation_id: op_id,

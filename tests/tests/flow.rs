@@ -104,7 +104,10 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
         .find(|e| e["op"] == ids[0].as_str() && e["kind"] == "operation.received")
         .expect("received");
     assert_eq!(received["actor"]["control_plane"], cp.url.as_str());
-    assert_eq!(received["actor"]["operation_key_sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(
+        received["actor"]["operation_key_sha256"].as_str().map(str::len),
+        Some(64)
+    );
     // The outcome lists the cloud calls with the cloud's request ids, to match
     // against the cloud's own audit trail.
     let finished = audit
@@ -116,7 +119,12 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
         .iter()
         .find(|c| c["action"] == "sim:CreateCluster")
         .expect("the create call with its request id");
-    assert!(create_call["request_id"].as_str().is_some_and(|r| r.starts_with("sim-")), "{create_call}");
+    assert!(
+        create_call["request_id"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("sim-")),
+        "{create_call}"
+    );
 
     // Status shows a connected agent and a certificate expiry.
     let st = agent.status();
@@ -141,7 +149,6 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
         .expect("show");
     let show = String::from_utf8_lossy(&show.stdout);
     assert!(show.contains("c2sp.org/tlog-proof@v1"), "{show}");
-
 }
 
 #[test]

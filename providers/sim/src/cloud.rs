@@ -165,7 +165,13 @@ impl SimCloud {
     ) -> Result<(), ProviderError> {
         let resource = address.resource();
         let request_id = request_id();
-        tracing::debug!(operation = ctx.operation_id, action, resource, request_id, "sim cloud call");
+        tracing::debug!(
+            operation = ctx.operation_id,
+            action,
+            resource,
+            request_id,
+            "sim cloud call"
+        );
         let act = action.to_string();
         let injected = self.locked(move |store| Ok(store.inject_faults(&act)?)).await?;
         if !injected.delay.is_zero() {
@@ -472,5 +478,10 @@ fn request_id() -> String {
     let t = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!("sim-{:012x}-{:06x}-{:04x}", t >> 16, std::process::id() & 0xff_ffff, n & 0xffff)
+    format!(
+        "sim-{:012x}-{:06x}-{:04x}",
+        t >> 16,
+        std::process::id() & 0xff_ffff,
+        n & 0xffff
+    )
 }
