@@ -9,6 +9,20 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+echo "==> system packages the tests use"
+# Go's golang.org/x/mod/sumdb/{note,tlog}: an independent implementation the
+# audit log is cross-checked against (audit/tests/go_crosscheck.rs).
+need=()
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog ] || need+=(golang-golang-x-mod-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "    installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
+fi
+
 echo "==> formatting"
 cargo fmt --all -- --check
 
