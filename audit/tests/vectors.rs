@@ -34,19 +34,59 @@ async fn write_example(dir: &Path) {
     .expect("open");
     let actor = json!({"control_plane": "https://control.example.com:7443", "ca_sha256": "8f4c…", "operation_key_sha256": "2b1e…"});
     let events = vec![
-        Event::new("agent.enrolled", None, json!({"agent_id": "agent-example", "control_plane": "https://control.example.com:7443"})),
-        Event::new("agent.started", None, json!({"version": "0.1.0", "resuming": 0, "unacknowledged_results": 0})),
-        Event::new("session.connected", None, json!({"control_plane": "https://control.example.com:7443", "control_plane_id": "cp-1"})),
-        Event::new("operation.received", Some("op-1"), json!({"sequence": 1, "action": "apply", "kind": "cluster", "name": "prod"}))
-            .with_actor(actor.clone()),
-        Event::new("policy.decision", Some("op-1"), json!({"decision": "allow", "rule": "kinds.cluster.apply"})),
-        Event::new("operation.started", Some("op-1"), json!({"action": "apply", "kind": "cluster", "name": "prod"})),
-        Event::new("provider.call", Some("op-1"), json!({"action": "eks:CreateCluster", "resource": "cluster/prod", "mutating": true})),
-        Event::new("operation.finished", Some("op-1"), json!({"outcome": "OUTCOME_SUCCEEDED", "resource_id": "prod",
-            "calls": {"made": [{"action": "eks:CreateCluster", "resource": "cluster/prod", "mutating": true, "request_id": "6c1e0f51-0e0b-4b7e-9f55-0d7d1b0d3a10"}], "read_only_not_listed": 0}})),
-        Event::new("operation.received", Some("op-2"), json!({"sequence": 2, "action": "delete", "kind": "database", "name": "orders"}))
-            .with_actor(actor),
-        Event::new("operation.refused", Some("op-2"), json!({"sequence": 2, "code": "policy_denied", "rule": "protected.name:orders", "message": "orders is protected"})),
+        Event::new(
+            "agent.enrolled",
+            None,
+            json!({"agent_id": "agent-example", "control_plane": "https://control.example.com:7443"}),
+        ),
+        Event::new(
+            "agent.started",
+            None,
+            json!({"version": "0.1.0", "resuming": 0, "unacknowledged_results": 0}),
+        ),
+        Event::new(
+            "session.connected",
+            None,
+            json!({"control_plane": "https://control.example.com:7443", "control_plane_id": "cp-1"}),
+        ),
+        Event::new(
+            "operation.received",
+            Some("op-1"),
+            json!({"sequence": 1, "action": "apply", "kind": "cluster", "name": "prod"}),
+        )
+        .with_actor(actor.clone()),
+        Event::new(
+            "policy.decision",
+            Some("op-1"),
+            json!({"decision": "allow", "rule": "kinds.cluster.apply"}),
+        ),
+        Event::new(
+            "operation.started",
+            Some("op-1"),
+            json!({"action": "apply", "kind": "cluster", "name": "prod"}),
+        ),
+        Event::new(
+            "provider.call",
+            Some("op-1"),
+            json!({"action": "eks:CreateCluster", "resource": "cluster/prod", "mutating": true}),
+        ),
+        Event::new(
+            "operation.finished",
+            Some("op-1"),
+            json!({"outcome": "OUTCOME_SUCCEEDED", "resource_id": "prod",
+            "calls": {"made": [{"action": "eks:CreateCluster", "resource": "cluster/prod", "mutating": true, "request_id": "6c1e0f51-0e0b-4b7e-9f55-0d7d1b0d3a10"}], "read_only_not_listed": 0}}),
+        ),
+        Event::new(
+            "operation.received",
+            Some("op-2"),
+            json!({"sequence": 2, "action": "delete", "kind": "database", "name": "orders"}),
+        )
+        .with_actor(actor),
+        Event::new(
+            "operation.refused",
+            Some("op-2"),
+            json!({"sequence": 2, "code": "policy_denied", "rule": "protected.name:orders", "message": "orders is protected"}),
+        ),
     ];
     for e in events {
         log.record(e).await.expect("record");
@@ -73,14 +113,22 @@ async fn the_checked_in_example_log_verifies_and_matches_the_page() {
     let proof = TlogProof::parse(first["proof"].as_str().expect("proof")).expect("tlog-proof");
 
     let b64 = |h: &merkle::Hash| base64::engine::general_purpose::STANDARD.encode(h);
-    println!("entries {} checkpoints {} receipts {}", s.entries, s.checkpoints, s.receipts);
+    println!(
+        "entries {} checkpoints {} receipts {}",
+        s.entries, s.checkpoints, s.receipts
+    );
     println!("leaf 0 {}", hex::encode(leaves[0]));
     println!("head of the first 4 {}", b64(&merkle::root(&leaves[..4])));
     println!("newest checkpoint size {} root {}", cp.size, b64(&cp.root));
-    println!("first receipt index {} proof {:?}", proof.index, proof.proof.iter().map(b64).collect::<Vec<_>>());
+    println!(
+        "first receipt index {} proof {:?}",
+        proof.index,
+        proof.proof.iter().map(b64).collect::<Vec<_>>()
+    );
 
     // The figures docs/audit-log.md quotes.
-    let page = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/audit-log.md")).expect("page");
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/audit-log.md")).expect("page");
     for quoted in [
         hex::encode(leaves[0]),
         b64(&merkle::root(&leaves[..4])),
@@ -90,7 +138,17 @@ async fn the_checked_in_example_log_verifies_and_matches_the_page() {
         assert!(page.contains(&quoted), "docs/audit-log.md does not quote {quoted}");
     }
     assert_eq!(cp.size as usize, lines.len() - 1);
-    assert!(merkle::verify_inclusion(&leaves[proof.index as usize], proof.index, {
-        Checkpoint::parse(v.open(&proof.checkpoint).expect("signed")).expect("cp").size
-    }, &proof.proof, &Checkpoint::parse(v.open(&proof.checkpoint).expect("signed")).expect("cp").root));
+    assert!(merkle::verify_inclusion(
+        &leaves[proof.index as usize],
+        proof.index,
+        {
+            Checkpoint::parse(v.open(&proof.checkpoint).expect("signed"))
+                .expect("cp")
+                .size
+        },
+        &proof.proof,
+        &Checkpoint::parse(v.open(&proof.checkpoint).expect("signed"))
+            .expect("cp")
+            .root
+    ));
 }

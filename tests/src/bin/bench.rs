@@ -16,7 +16,16 @@
 //! 2. throughput with `BENCH_CONCURRENCY` (64) submit+watch loops in flight,
 //!    `BENCH_THROUGHPUT_OPS` (10,000) operations, both kinds; goal >= 1,000 ops/s;
 //! 3. resident memory of a fresh agent connected and idle for `BENCH_IDLE_SECS`
-//!    (60) seconds: VmRSS and VmHWM; goal <= 24 MiB.
+//!    (60) seconds: VmRSS and VmHWM; goal <= 24 MiB;
+//! 4. audit log appends per second, each durable before it is acknowledged,
+//!    `BENCH_AUDIT_WRITERS` (256) appending at once, `BENCH_AUDIT_ENTRIES`
+//!    (1,000,000) entries with the agent's checkpoint cadence and receipts;
+//!    goal >= 20,000/s;
+//! 5. verification speed of that log (tree, chain, every checkpoint signature
+//!    and consistency proof, every receipt); goal >= 200,000 entries/s.
+//!
+//! `BENCH_ONLY=audit` runs sections 4 and 5 only; `BENCH_AUDIT_DIR=DIR` keeps
+//! the log written there (to time `byoc-audit-verify DIR` on it).
 //!
 //! `BENCH_WARMUP` (200) and `BENCH_LATENCY_OPS` (2,000) size the latency runs.
 //! Every durable record is an append plus `fdatasync`, so the bench also times
@@ -61,7 +70,30 @@ fn main() -> anyhow::Result<()> {
 
     print_context()?;
     let mut misses = Vec::new();
+    let only_audit = std::env::var("BENCH_ONLY").is_ok_and(|v| v == "audit");
+    if !only_audit {
+        agent_sections(&mut misses, warmup, latency_ops, concurrency, throughput_ops, idle_secs)?;
+    }
+    audit_sections(&mut misses)?;
 
+    println!("\n== Summary ==");
+    println!("   disk flush now: {}", flush_probe()?);
+    if misses.is_empty() {
+        println!("   every goal met");
+    } else {
+        println!("   goals missed: {}", misses.join("; "));
+    }
+    Ok(())
+}
+
+fn agent_sections(
+    misses: &mut Vec<String>,
+    warmup: usize,
+    latency_ops: usize,
+    concurrency: usize,
+    throughput_ops: usize,
+    idle_secs: u64,
+) -> anyhow::Result<()> {
     // Dispatch latency and throughput share one world: one control plane, one agent.
     {
         let world = World::new();
@@ -91,7 +123,7 @@ fn main() -> anyhow::Result<()> {
                 let s = Stats::of(&mut lat);
                 println!("   {label}:\n      submit -> result: {s}");
                 println!("      of which Submit RPC: {}", Stats::of(&mut sub));
-                verdict(&mut misses, label, s.p99 <= LATENCY_GOAL_MS, "p99 <= 5 ms");
+                verdict(misses, label, s.p99 <= LATENCY_GOAL_MS, "p99 <= 5 ms");
             }
 
             println!("\n== 2. Throughput through one agent ({concurrency} submit+watch loops in flight) ==");
@@ -109,7 +141,7 @@ fn main() -> anyhow::Result<()> {
                     elapsed.as_secs_f64()
                 );
                 println!("      latency under load: {s}");
-                verdict(&mut misses, label, rate >= THROUGHPUT_GOAL, ">= 1,000 ops/s");
+                verdict(misses, label, rate >= THROUGHPUT_GOAL, ">= 1,000 ops/s");
             }
             anyhow::Ok(())
         })?;
@@ -131,18 +163,112 @@ fn main() -> anyhow::Result<()> {
     }
     let (rss, hwm) = memory(agent.pid())?;
     println!("   VmRSS {rss:.1} MiB, VmHWM {hwm:.1} MiB");
-    verdict(&mut misses, "idle agent VmRSS", rss <= IDLE_RSS_GOAL_MIB, "<= 24 MiB");
+    verdict(misses, "idle agent VmRSS", rss <= IDLE_RSS_GOAL_MIB, "<= 24 MiB");
     if idle_secs < 60 {
         println!("   note: BENCH_IDLE_SECS={idle_secs}; the goal is stated for 60 s");
     }
+    Ok(())
+}
 
-    println!("\n== Summary ==");
-    println!("   disk flush now: {}", flush_probe()?);
-    if misses.is_empty() {
-        println!("   every goal met");
-    } else {
-        println!("   goals missed: {}", misses.join("; "));
-    }
+const AUDIT_APPEND_GOAL: f64 = 20_000.0;
+const AUDIT_VERIFY_GOAL: f64 = 200_000.0;
+
+/// Sections 4 and 5: the audit log on its own, as the agent configures it.
+fn audit_sections(misses: &mut Vec<String>) -> anyhow::Result<()> {
+    use byoc_audit::{AuditLog, Event, Options, load_or_create_key, verify};
+    let writers = env_usize("BENCH_AUDIT_WRITERS", 256)?.max(1);
+    let entries = env_usize("BENCH_AUDIT_ENTRIES", 1_000_000)?;
+    let tmp = tempfile::tempdir()?;
+    // BENCH_AUDIT_DIR keeps the log, to time `byoc-audit-verify DIR` on it.
+    let dir = match std::env::var_os("BENCH_AUDIT_DIR") {
+        Some(d) => {
+            let d = std::path::PathBuf::from(d);
+            if d.exists() {
+                bail!("BENCH_AUDIT_DIR {} exists; give a new directory", d.display());
+            }
+            d
+        }
+        None => tmp.path().join("audit"),
+    };
+    println!("\n== 4. Audit log appends, each durable before it returns ({writers} appending at once) ==");
+    println!("   {entries} entries like the agent's provider.call and operation.finished (1 in 4, with a receipt);");
+    println!("   a signed checkpoint every 1,000 entries, as the agent does");
+    let (signer, _) = load_or_create_key(&tmp.path().join("audit.key"), "byoc-agent/audit/bench")?;
+    let log = AuditLog::open(&dir, signer, Options::default())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut lat = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..writers {
+            let (log, next) = (log.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= entries {
+                        return anyhow::Ok(lat);
+                    }
+                    let op = format!("op-{:016x}", i / 4);
+                    let ev = if i % 4 == 3 {
+                        Event::new("operation.finished", Some(&op), serde_json::json!({
+                            "outcome": "OUTCOME_SUCCEEDED", "resource_id": format!("sim-cluster-{i:012x}"), "problem": null,
+                            "calls": {"made": [{"action": "sim:CreateCluster", "resource": format!("cluster/bench-{i}"), "mutating": true, "request_id": format!("sim-{i:024x}")}], "read_only_not_listed": 0},
+                        }))
+                    } else {
+                        Event::new("provider.call", Some(&op), serde_json::json!({
+                            "action": "sim:DescribeCluster", "resource": format!("cluster/bench-{i}"), "mutating": false,
+                        }))
+                    };
+                    let t = Instant::now();
+                    log.record(ev).await?;
+                    lat.push(t.elapsed());
+                }
+            }));
+        }
+        let mut all = Vec::with_capacity(entries);
+        for t in tasks {
+            all.extend(t.await??);
+        }
+        anyhow::Ok(all)
+    })?;
+    let elapsed = start.elapsed();
+    rt.block_on(log.close())?;
+    drop(log);
+    let rate = entries as f64 / elapsed.as_secs_f64();
+    println!("   {rate:.0} appends/s ({entries} in {:.2} s)", elapsed.as_secs_f64());
+    println!("      append latency: {}", Stats::of(&mut lat));
+    let size = std::fs::metadata(dir.join("log.jsonl"))?.len();
+    println!(
+        "      log size {:.1} MiB, {:.0} bytes an entry",
+        size as f64 / (1 << 20) as f64,
+        size as f64 / entries as f64
+    );
+    verdict(
+        misses,
+        "audit appends",
+        rate >= AUDIT_APPEND_GOAL,
+        ">= 20,000 appends/s",
+    );
+
+    println!("\n== 5. Verifying that log (byoc_audit::verify, as `byoc-audit-verify` does) ==");
+    let start = Instant::now();
+    let s = verify::verify_dir(&dir, &verify::Options::default()).map_err(|f| anyhow::anyhow!("{f}"))?;
+    let elapsed = start.elapsed();
+    let rate = s.entries as f64 / elapsed.as_secs_f64();
+    println!(
+        "   {rate:.0} entries/s ({} entries, {} checkpoints, {} receipts in {:.2} s)",
+        s.entries,
+        s.checkpoints,
+        s.receipts,
+        elapsed.as_secs_f64()
+    );
+    verdict(
+        misses,
+        "audit verification",
+        rate >= AUDIT_VERIFY_GOAL,
+        ">= 200,000 entries/s",
+    );
     Ok(())
 }
 
