@@ -39,6 +39,8 @@ pub struct Agent {
     pub executor: Arc<Executor>,
     pub session: SessionSender,
     pub status: StatusHandle,
+    /// Dials the control plane (directly or through the proxy).
+    pub dialer: crate::connect::Dialer,
     identity: Mutex<Identity>,
     highest_seq: AtomicU64,
     outbox_stats: tokio::sync::watch::Receiver<OutboxStats>,
@@ -194,6 +196,11 @@ fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let data = cfg.data_dir.clone();
     let identity = Identity::load(&data)?;
+    let dialer = crate::connect::Dialer::from_config(&cfg.connection)?;
+    {
+        let url = cfg.control_plane.as_ref().unwrap_or(&identity.enrollment.control_plane);
+        info!(control_plane = %url, route = %dialer.describe(url), "dialing the control plane");
+    }
     let audit = AuditLog::open(&data.join("audit.log"))?;
     let (journal, replayed) = Journal::open(&data.join("journal.log"))?;
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
@@ -243,6 +250,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         executor,
         session,
         status,
+        dialer,
         outbox_stats,
         pause_seen: tokio::sync::Mutex::new(None),
     });

@@ -70,7 +70,7 @@ pub async fn run_session(
 ) -> Result<Ended, SessionError> {
     let url = agent.control_plane_url();
     let tls = agent.identity_client_config()?;
-    let channel = crate::connect::channel(&url, tls, agent.cfg.connection.connect_timeout).await?;
+    let channel = agent.dialer.channel(&url, tls).await?;
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(byoc_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(byoc_proto::MAX_MESSAGE_BYTES);
