@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -97,7 +97,34 @@ impl Dialer {
     /// Opens a gRPC channel to `url` with `tls`, through the proxy when one
     /// applies. Fails fast when the control plane (or the proxy) is down.
     pub async fn channel(&self, url: &str, tls: rustls::ClientConfig) -> Result<Channel, ConnectError> {
-        channel(url, tls, self.connect_timeout, self.proxy.clone()).await
+        Ok(self.channel_observed(url, tls).await?.0)
+    }
+
+    /// As [`Dialer::channel`], also returning the certificate chain the
+    /// control plane presented (on the channel's latest connection, which
+    /// `tls` verified).
+    pub async fn channel_observed(
+        &self,
+        url: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<(Channel, ServerChain), ConnectError> {
+        let observed = ServerChain::default();
+        let channel = channel(url, tls, self.connect_timeout, self.proxy.clone(), observed.clone()).await?;
+        Ok((channel, observed))
+    }
+}
+
+/// The certificate chain the control plane presented, leaf first.
+#[derive(Debug, Clone, Default)]
+pub struct ServerChain(Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>);
+
+impl ServerChain {
+    pub fn get(&self) -> Vec<CertificateDer<'static>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, chain: Vec<CertificateDer<'static>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = chain;
     }
 }
 
@@ -106,6 +133,7 @@ async fn channel(
     tls: rustls::ClientConfig,
     connect_timeout: Duration,
     proxy: Arc<ProxySettings>,
+    observed: ServerChain,
 ) -> Result<Channel, ConnectError> {
     let (host, port) = parse_url(url)?;
     let server_name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::BadUrl {
@@ -131,6 +159,7 @@ async fn channel(
             let server_name = server_name.clone();
             let host = host.clone();
             let proxy = proxy.clone();
+            let observed = observed.clone();
             async move {
                 let io: Box<dyn Io> = match proxy.route(&host, port) {
                     Some(p) => Box::new(
@@ -151,6 +180,8 @@ async fn channel(
                     }
                 };
                 let tls = connector.connect(server_name, io).await?;
+                let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                observed.set(chain.iter().map(|c| c.clone().into_owned()).collect());
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))

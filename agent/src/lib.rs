@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod run;
 pub mod session;
 pub mod status;
+pub mod trust;
 pub mod tunnel;
 
 /// Wall-clock time in milliseconds since the Unix epoch, as the protocol carries it.
