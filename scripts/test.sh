@@ -39,6 +39,19 @@ fi
 # not reach; run `cargo deny check advisories` where it does.
 cargo deny --log-level error check bans licenses sources
 
+echo "==> tools the end-to-end tests run"
+# tests/tests/proxy.rs runs a real HTTPS proxy on loopback; without it those
+# tests fail (they never pass silently).
+if ! command -v tinyproxy >/dev/null && [ ! -x /usr/bin/tinyproxy ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "    installing tinyproxy (once per machine)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tinyproxy >/dev/null
+  else
+    echo "warning: tinyproxy is not installed (apt-get install -y tinyproxy): the proxy tests will fail" >&2
+  fi
+fi
+
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 

@@ -119,6 +119,18 @@ pub struct ConnectionConfig {
     pub max_backoff: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// HTTPS proxy to the control plane (HTTP CONNECT),
+    /// `http://[user[:password]@]host[:port]`; wins over `HTTPS_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<crate::proxy::ProxyUrl>,
+    /// A file whose first line is the proxy password (mode 0600), so that it
+    /// need not sit in agent.toml; the proxy URL then names only the user.
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// Hosts reached without the proxy (`NO_PROXY` syntax, as a list); wins
+    /// over `NO_PROXY`.
+    #[serde(default)]
+    pub no_proxy: Option<crate::proxy::NoProxy>,
 }
 
 impl Default for ConnectionConfig {
@@ -127,6 +139,9 @@ impl Default for ConnectionConfig {
             min_backoff: default_min_backoff(),
             max_backoff: default_max_backoff(),
             connect_timeout: default_connect_timeout(),
+            proxy: None,
+            proxy_password_file: None,
+            no_proxy: None,
         }
     }
 }

@@ -1,13 +1,18 @@
-//! Dialing the control plane: TCP, then rustls (TLS 1.3, our configuration),
-//! then HTTP/2 with keepalive. The agent only ever dials out.
+//! Dialing the control plane: TCP (directly, or through an HTTP CONNECT tunnel
+//! of a proxy, [`crate::proxy`]), then rustls (TLS 1.3, our configuration, end
+//! to end with the control plane), then HTTP/2 with keepalive. The agent only
+//! ever dials out.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::config::ConnectionConfig;
+use crate::proxy::{ProxyConfigError, ProxySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -60,9 +65,76 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ConnectError> {
     Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
-/// Opens a gRPC channel to `url` with `tls`. The channel connects lazily on
-/// first use and fails fast when the control plane is down.
-pub async fn channel(url: &str, tls: rustls::ClientConfig, connect_timeout: Duration) -> Result<Channel, ConnectError> {
+/// How the agent dials: its connect timeout and proxy settings.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    pub connect_timeout: Duration,
+    pub proxy: Arc<ProxySettings>,
+}
+
+/// A byte stream to the control plane: a TCP connection or a proxy tunnel.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Dialer {
+    /// From the `[connection]` settings and this process's environment
+    /// (`HTTPS_PROXY`, `NO_PROXY`, ...).
+    pub fn from_config(cfg: &ConnectionConfig) -> Result<Self, ProxyConfigError> {
+        Ok(Self {
+            connect_timeout: cfg.connect_timeout,
+            proxy: Arc::new(ProxySettings::resolve(cfg, |name| std::env::var(name).ok())?),
+        })
+    }
+
+    /// How `url` is reached (direct or through which proxy), for the log.
+    pub fn describe(&self, url: &str) -> String {
+        match parse_url(url) {
+            Ok((host, port)) => self.proxy.describe(&host, port),
+            Err(_) => "direct".into(),
+        }
+    }
+
+    /// Opens a gRPC channel to `url` with `tls`, through the proxy when one
+    /// applies. Fails fast when the control plane (or the proxy) is down.
+    pub async fn channel(&self, url: &str, tls: rustls::ClientConfig) -> Result<Channel, ConnectError> {
+        Ok(self.channel_observed(url, tls).await?.0)
+    }
+
+    /// As [`Dialer::channel`], also returning the certificate chain the
+    /// control plane presented (on the channel's latest connection, which
+    /// `tls` verified).
+    pub async fn channel_observed(
+        &self,
+        url: &str,
+        tls: rustls::ClientConfig,
+    ) -> Result<(Channel, ServerChain), ConnectError> {
+        let observed = ServerChain::default();
+        let channel = channel(url, tls, self.connect_timeout, self.proxy.clone(), observed.clone()).await?;
+        Ok((channel, observed))
+    }
+}
+
+/// The certificate chain the control plane presented, leaf first.
+#[derive(Debug, Clone, Default)]
+pub struct ServerChain(Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>);
+
+impl ServerChain {
+    pub fn get(&self) -> Vec<CertificateDer<'static>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, chain: Vec<CertificateDer<'static>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = chain;
+    }
+}
+
+async fn channel(
+    url: &str,
+    tls: rustls::ClientConfig,
+    connect_timeout: Duration,
+    proxy: Arc<ProxySettings>,
+    observed: ServerChain,
+) -> Result<Channel, ConnectError> {
     let (host, port) = parse_url(url)?;
     let server_name = ServerName::try_from(host.clone()).map_err(|_| ConnectError::BadUrl {
         url: url.to_string(),
@@ -86,10 +158,30 @@ pub async fn channel(url: &str, tls: rustls::ClientConfig, connect_timeout: Dura
             let connector = connector.clone();
             let server_name = server_name.clone();
             let host = host.clone();
+            let proxy = proxy.clone();
+            let observed = observed.clone();
             async move {
-                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
+                let io: Box<dyn Io> = match proxy.route(&host, port) {
+                    Some(p) => Box::new(
+                        tokio::time::timeout(connect_timeout, crate::tunnel::open(p, &host, port))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(
+                                    std::io::ErrorKind::TimedOut,
+                                    format!("the proxy {p} did not open a tunnel within {connect_timeout:?}"),
+                                )
+                            })?
+                            .map_err(std::io::Error::other)?,
+                    ),
+                    None => {
+                        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                        tcp.set_nodelay(true)?;
+                        Box::new(tcp)
+                    }
+                };
+                let tls = connector.connect(server_name, io).await?;
+                let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+                observed.set(chain.iter().map(|c| c.clone().into_owned()).collect());
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
         }))
@@ -100,7 +192,8 @@ pub async fn channel(url: &str, tls: rustls::ClientConfig, connect_timeout: Dura
         })
 }
 
-fn authority(host: &str, port: u16) -> String {
+/// `host:port`, with an IPv6 literal in brackets.
+pub fn authority(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {

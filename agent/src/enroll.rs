@@ -64,7 +64,8 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
     // The private key is made here and never sent anywhere.
     let key = KeyPair::generate().context("generating the agent key pair")?;
     let tls = byoc_proto::transport::pinned_ca_client_config(token.ca_fingerprint)?;
-    let channel = match crate::connect::channel(control_plane, tls, cfg.connection.connect_timeout).await {
+    let dialer = crate::connect::Dialer::from_config(&cfg.connection)?;
+    let channel = match dialer.channel(control_plane, tls).await {
         Ok(c) => c,
         Err(e) if crate::connect::is_certificate_error(&e) => bail!(
             "{}: the control plane's certificate does not chain to the CA the token pins; \

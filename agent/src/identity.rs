@@ -5,6 +5,8 @@
 //!   agent.key            private key (PKCS#8 PEM, mode 0600); never leaves the host
 //!   agent.der            client certificate issued by the control plane's CA
 //!   ca.der               the control plane's CA certificate, pinned at enrollment
+//!   ca-bundle.pem        the CAs trusted since the control plane rotated its CA
+//!                        (replaces ca.der as the trust store once present)
 //!   operation-key.pub    raw Ed25519 public key that must sign every operation
 //!   enrollment.json      agent id, control plane URL, certificate expiry
 //! ```
@@ -40,7 +42,8 @@ pub struct Identity {
     pub enrollment: Enrollment,
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
-    pub ca: CertificateDer<'static>,
+    /// The CAs trusted for the control plane: `ca-bundle.pem`, else `ca.der`.
+    pub trust: Vec<CertificateDer<'static>>,
     pub operation_key: Vec<u8>,
 }
 
@@ -117,7 +120,7 @@ impl Identity {
         }
         Ok(Self {
             cert: CertificateDer::from(read(&dir.join("agent.der"))?),
-            ca: CertificateDer::from(read(&dir.join("ca.der"))?),
+            trust: load_trust(&dir)?,
             key,
             operation_key,
             enrollment,
@@ -159,9 +162,47 @@ impl Identity {
         write_atomic(&self.dir.join("enrollment.json"), &bytes, 0o644)
     }
 
-    /// TLS client configuration: trust only the pinned CA, present our certificate.
+    /// TLS client configuration: trust only the control plane's CAs, present
+    /// our certificate.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, byoc_proto::transport::TransportError> {
-        byoc_proto::transport::client_config(self.ca.clone(), Some((vec![self.cert.clone()], self.key.clone_key())))
+        byoc_proto::transport::client_config_trusting(
+            &self.trust,
+            Some((vec![self.cert.clone()], self.key.clone_key())),
+        )
+    }
+
+    /// Replaces the trusted CAs, durably (`ca-bundle.pem`, atomically).
+    pub fn store_trust(&mut self, bundle: crate::trust::AcceptedBundle) -> Result<(), IdentityError> {
+        let pem = crate::trust::to_pem(bundle.certs());
+        write_atomic(&self.dir.join("ca-bundle.pem"), pem.as_bytes(), 0o644)?;
+        self.trust = bundle.certs().to_vec();
+        Ok(())
+    }
+}
+
+/// `ca-bundle.pem` if present, else the CA pinned at enrollment.
+fn load_trust(dir: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let bundle = dir.join("ca-bundle.pem");
+    match std::fs::read(&bundle) {
+        Ok(pem) => {
+            let certs = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| IdentityError::Corrupt {
+                    path: bundle.clone(),
+                    message: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(IdentityError::Corrupt {
+                    path: bundle,
+                    message: "no certificate in it".into(),
+                });
+            }
+            Ok(certs)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(vec![CertificateDer::from(read(&dir.join("ca.der"))?)])
+        }
+        Err(source) => Err(IdentityError::Io { path: bundle, source }),
     }
 }
 

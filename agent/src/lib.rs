@@ -10,6 +10,8 @@
 //!   concurrency and a deadline, auditing every cloud call before it is made;
 //! - the **[`outbox`]** task numbers results, journals them and sends them,
 //!   again after every reconnect, until acknowledged;
+//! - [`connect`] dials out, directly or through an HTTPS proxy ([`proxy`],
+//!   [`tunnel`]);
 //! - the **[`status`]** writer publishes `status.json` (the agent has no listener).
 
 pub mod auditlog;
@@ -22,9 +24,12 @@ pub mod identity;
 pub mod journal;
 pub mod outbox;
 pub mod pause;
+pub mod proxy;
 pub mod run;
 pub mod session;
 pub mod status;
+pub mod trust;
+pub mod tunnel;
 
 /// Wall-clock time in milliseconds since the Unix epoch, as the protocol carries it.
 pub fn now_ms() -> i64 {

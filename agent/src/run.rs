@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::checks::{self, Refusal};
 use crate::config::{Config, ProviderConfig};
+use crate::connect::ServerChain;
 use crate::executor::Executor;
 use crate::identity::Identity;
 use crate::journal::Journal;
@@ -27,6 +28,8 @@ use crate::now_ms;
 use crate::outbox::{Cmd, Outbox, OutboxStats};
 use crate::session::{self, SessionSender};
 use crate::status::{Status, StatusHandle};
+use crate::trust;
+use rustls_pki_types::{ServerName, UnixTime};
 
 /// The running agent: what every task shares.
 pub struct Agent {
@@ -39,6 +42,8 @@ pub struct Agent {
     pub executor: Arc<Executor>,
     pub session: SessionSender,
     pub status: StatusHandle,
+    /// Dials the control plane (directly or through the proxy).
+    pub dialer: crate::connect::Dialer,
     identity: Mutex<Identity>,
     highest_seq: AtomicU64,
     outbox_stats: tokio::sync::watch::Receiver<OutboxStats>,
@@ -61,14 +66,14 @@ impl Agent {
     }
 
     /// Who sends operations, as the audit log records it: the control plane
-    /// this agent enrolled with, the CA it pinned and the key that signs
-    /// operations (SHA-256 fingerprints).
+    /// this agent enrolled with, the CAs it trusts for it and the key that
+    /// signs operations (SHA-256 fingerprints).
     pub fn actor(&self) -> serde_json::Value {
         let sha = |b: &[u8]| hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b));
         let id = self.identity();
         json!({
             "control_plane": self.cfg.control_plane.clone().unwrap_or_else(|| id.enrollment.control_plane.clone()),
-            "ca_sha256": sha(id.ca.as_ref()),
+            "ca_sha256": crate::trust::fingerprints(&id.trust),
             "operation_key_sha256": sha(&self.operation_key),
         })
     }
@@ -95,14 +100,16 @@ impl Agent {
         Duration::from_millis((lifetime / 20).clamp(500, 60_000))
     }
 
-    /// Renews the client certificate once two thirds of its lifetime have passed.
-    pub async fn maybe_renew(&self, client: &mut AgentServiceClient<Channel>) {
+    /// Renews the client certificate once two thirds of its lifetime have
+    /// passed, or now with `force`. `server` is the chain the control plane
+    /// presented on this channel: the CAs a renewal offers are judged by it.
+    pub async fn maybe_renew(&self, client: &mut AgentServiceClient<Channel>, server: &ServerChain, force: bool) {
         let (issued, not_after) = {
             let e = &self.identity().enrollment;
             (e.certificate_issued_unix_ms, e.certificate_not_after_unix_ms)
         };
         let now = now_ms();
-        if now < issued + (not_after - issued) * 2 / 3 {
+        if !force && now < issued + (not_after - issued) * 2 / 3 {
             return;
         }
         match session::renew(client).await {
@@ -132,9 +139,71 @@ impl Agent {
                     }
                     Err(e) => error!(error = %e, "cannot store the renewed certificate"),
                 }
+                self.consider_trust(&resp.ca_certificates_der, server, "renew").await;
             }
             Err(e) => warn!(error = %e, "certificate renewal failed; will retry"),
         }
+    }
+
+    /// Takes the CAs the control plane offered on this session (in `Welcome`
+    /// or `RenewResponse`) if [`trust::accept_offer`] allows; either way the
+    /// decision is audited (`trust.updated` / `trust.refused`).
+    pub async fn consider_trust(&self, offered: &[Vec<u8>], server: &ServerChain, via: &str) {
+        if offered.is_empty() {
+            return;
+        }
+        let url = self.control_plane_url();
+        let Some(name) = crate::connect::parse_url(&url)
+            .ok()
+            .and_then(|(host, _)| ServerName::try_from(host).ok())
+        else {
+            return;
+        };
+        let (before, decision) = {
+            let id = self.identity();
+            let decision = trust::accept_offer(&id.trust, offered, &server.get(), &name, UnixTime::now());
+            (trust::fingerprints(&id.trust), decision)
+        };
+        let event = match decision {
+            Ok(None) => return,
+            Ok(Some(bundle)) => {
+                let after = trust::fingerprints(bundle.certs());
+                if let Err(e) = self.identity().store_trust(bundle) {
+                    error!(error = %e, "cannot store the control plane's new CAs; keeping the old ones");
+                    return;
+                }
+                warn!(via, trusted = ?after, before = ?before, "the control plane's CAs changed (CA rotation)");
+                Event::new(
+                    "trust.updated",
+                    None,
+                    json!({ "via": via, "ca_sha256": after, "previous_ca_sha256": before }),
+                )
+            }
+            Err(e) => {
+                warn!(via, error = %e, "refused the CAs the control plane offered");
+                Event::new(
+                    "trust.refused",
+                    None,
+                    json!({ "via": via, "reason": e.to_string(), "ca_sha256": before }),
+                )
+            }
+        };
+        let _ = self.audit.record(event).await;
+    }
+
+    /// True when the client certificate was not issued by the CA the control
+    /// plane now issues with (first of the trusted CAs): during a CA rotation,
+    /// renew at once rather than at two thirds of the lifetime.
+    pub fn certificate_from_another_ca(&self) -> bool {
+        let id = self.identity();
+        id.trust
+            .first()
+            .is_some_and(|active| !trust::issued_by(&id.cert, active))
+    }
+
+    /// The CAs this agent trusts, for messages.
+    pub fn trusted_cas(&self) -> Vec<String> {
+        trust::fingerprints(&self.identity().trust)
     }
 
     /// Reads the kill switch and audits it if it changed since last seen
@@ -228,6 +297,11 @@ fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let data = cfg.data_dir.clone();
     let identity = Identity::load(&data)?;
+    let dialer = crate::connect::Dialer::from_config(&cfg.connection)?;
+    {
+        let url = cfg.control_plane.as_ref().unwrap_or(&identity.enrollment.control_plane);
+        info!(control_plane = %url, route = %dialer.describe(url), "dialing the control plane");
+    }
     let audit = crate::auditlog::open(&data, &identity.enrollment.agent_id, &cfg.audit)?;
     let (journal, replayed) = Journal::open(&data.join("journal.log"))?;
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel::<String>();
@@ -276,6 +350,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         executor,
         session,
         status,
+        dialer,
         outbox_stats,
         pause_seen: tokio::sync::Mutex::new(None),
     });
@@ -383,6 +458,13 @@ async fn connection_loop(agent: &Agent, shutdown: &CancellationToken) {
         let error = match result {
             Ok(session::Ended::Shutdown) => return,
             Ok(session::Ended::ByControlPlane) => "control plane closed the session".to_string(),
+            Err(e @ session::SessionError::Connect(_)) if crate::connect::is_certificate_error(&e) => format!(
+                "{}: the control plane's certificate does not chain to a CA this agent trusts (sha256 {}); \
+                 if the control plane finished a CA rotation (`byoc-control ca finish`) while this agent was \
+                 not connected, enroll the agent again with a new token",
+                crate::connect::error_chain(&e),
+                agent.trusted_cas().join(", ")
+            ),
             Err(e) => crate::connect::error_chain(&e),
         };
         let wait = backoff.next().unwrap_or(c.max_backoff);

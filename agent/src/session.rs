@@ -71,11 +71,11 @@ pub async fn run_session(
 ) -> Result<Ended, SessionError> {
     let url = agent.control_plane_url();
     let tls = agent.identity_client_config()?;
-    let channel = crate::connect::channel(&url, tls, agent.cfg.connection.connect_timeout).await?;
+    let (channel, server) = agent.dialer.channel_observed(&url, tls).await?;
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(byoc_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(byoc_proto::MAX_MESSAGE_BYTES);
-    agent.maybe_renew(&mut client).await;
+    agent.maybe_renew(&mut client, &server, false).await;
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(4096);
     let t = &agent.cfg.target;
@@ -133,6 +133,13 @@ pub async fn run_session(
     });
     agent.session.set(Some(tx.clone()));
     agent.outbox.send(Cmd::Session(Some(tx.clone())));
+    // A CA rotation: take the new CAs, and move to a certificate of the new CA now.
+    agent
+        .consider_trust(&welcome.ca_certificates_der, &server, "welcome")
+        .await;
+    if agent.certificate_from_another_ca() {
+        agent.maybe_renew(&mut client, &server, true).await;
+    }
 
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms).clamp(500, 300_000));
     let mut heartbeat = tokio::time::interval(interval);
@@ -147,7 +154,7 @@ pub async fn run_session(
                 let hb = Heartbeat { agent_time_unix_ms: now_ms(), operations_in_flight: agent.executor.in_flight_count() as u32 };
                 let _ = tx.try_send(AgentMessage { body: Some(agent_message::Body::Heartbeat(hb)) });
             }
-            _ = renew_check.tick() => agent.maybe_renew(&mut client).await,
+            _ = renew_check.tick() => agent.maybe_renew(&mut client, &server, false).await,
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => {
                     if let Err(e) = handle(agent, m, &tx).await {

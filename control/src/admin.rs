@@ -7,9 +7,10 @@ use std::time::Duration;
 use byoc_proto::agent::v1::{Action, Cancel, ControlMessage, Operation, ResourceKind, control_message};
 use byoc_proto::control::v1::admin_service_server::AdminService;
 use byoc_proto::control::v1::{
-    AgentInfo, CancelRequest, CancelResponse, CreateTokenRequest, CreateTokenResponse, GetOperationRequest,
-    ListAgentsRequest, ListAgentsResponse, OperationStatus, RevokeRequest, RevokeResponse, SubmitRequest,
-    SubmitResponse, WatchEvent, WatchRequest, watch_event,
+    AgentInfo, CaStatus, CancelRequest, CancelResponse, CreateTokenRequest, CreateTokenResponse,
+    FinishCaRotationRequest, GetCaStatusRequest, GetOperationRequest, ListAgentsRequest, ListAgentsResponse,
+    OperationStatus, RevokeRequest, RevokeResponse, RotateCaRequest, SubmitRequest, SubmitResponse, WatchEvent,
+    WatchRequest, watch_event,
 };
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -52,16 +53,19 @@ impl AdminService for AdminApi {
         }
         let secret = random_hex(32);
         let expires = now_ms() + ttl.as_millis() as i64;
+        // Pins the active CA: after `ca rotate`, the new one.
+        let ca = self.0.pki.ca_fingerprint();
         self.0
             .store
             .commit(Record::Token {
                 hash: token_hash(&secret),
                 expires_unix_ms: expires,
+                ca: hex::encode(ca),
             })
             .await
             .map_err(store_err)?;
         Ok(Response::new(CreateTokenResponse {
-            token: format_token(&self.0.pki.ca_fingerprint(), &secret),
+            token: format_token(&ca, &secret),
             expires_at_unix_ms: expires,
         }))
     }
@@ -241,6 +245,18 @@ impl AdminService for AdminApi {
         }
         tracing::warn!(agent = %agent, "agent revoked");
         Ok(Response::new(RevokeResponse {}))
+    }
+
+    async fn get_ca_status(&self, _req: Request<GetCaStatusRequest>) -> Result<Response<CaStatus>, Status> {
+        Ok(Response::new(crate::rotation::status(&self.0)))
+    }
+
+    async fn rotate_ca(&self, _req: Request<RotateCaRequest>) -> Result<Response<CaStatus>, Status> {
+        crate::rotation::rotate(&self.0).map(Response::new)
+    }
+
+    async fn finish_ca_rotation(&self, req: Request<FinishCaRotationRequest>) -> Result<Response<CaStatus>, Status> {
+        crate::rotation::finish(&self.0, req.get_ref().force).map(Response::new)
     }
 
     async fn cancel(&self, req: Request<CancelRequest>) -> Result<Response<CancelResponse>, Status> {

@@ -92,6 +92,17 @@ impl Hub {
         }
     }
 
+    /// Ends every live session with `status`; agents reconnect (after a CA
+    /// rotation finished, so that they verify the new server certificate).
+    pub fn close_all(&self, status: &Status) -> usize {
+        let live: Vec<(String, Live)> = self.lock().drain().collect();
+        for (_, l) in &live {
+            let _ = l.tx.try_send(Err(status.clone()));
+            l.notify.notify_one();
+        }
+        live.len()
+    }
+
     pub fn get(&self, agent: &str) -> Option<Live> {
         self.lock().get(agent).cloned()
     }

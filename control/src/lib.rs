@@ -1,6 +1,7 @@
 //! The reference control plane.
 //!
-//! - [`pki`]: its CA and operation-signing key, made on first start;
+//! - [`pki`]: its CAs and operation-signing key, made on first start;
+//!   [`rotation`]: the operator's side of a CA rotation (status, rotate, finish);
 //! - [`store`]: durable state (tokens, agents, operations, results);
 //! - [`service`]: the agent-facing `AgentService` (Enroll, Renew, Connect);
 //!   each session runs a reader task (heartbeats, progress, results, acks) and a
@@ -14,6 +15,7 @@ pub mod client;
 pub mod hub;
 pub mod opfile;
 pub mod pki;
+pub mod rotation;
 pub mod server;
 pub mod service;
 pub mod store;

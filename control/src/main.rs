@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use byoc_control::{client, opfile, server};
 use byoc_proto::agent::v1::{OperationResult, Outcome};
 use byoc_proto::control::v1::{
-    CancelRequest, CreateTokenRequest, GetOperationRequest, ListAgentsRequest, RevokeRequest, SubmitRequest,
-    WatchRequest, watch_event,
+    CaStatus, CancelRequest, CreateTokenRequest, FinishCaRotationRequest, GetCaStatusRequest, GetOperationRequest,
+    ListAgentsRequest, RevokeRequest, RotateCaRequest, SubmitRequest, WatchRequest, watch_event,
 };
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -87,6 +87,26 @@ enum Cmd {
     Get { operation_id: String },
     /// List enrolled agents: connected, version, last heartbeat, certificate expiry.
     Agents,
+    /// The control plane's CA and its rotation.
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// Which CAs are in force, their fingerprints, and the agents not yet moved to the active one.
+    Status,
+    /// Start a rotation: a new CA issues every certificate from now on, the current one stays
+    /// trusted until `ca finish`; agents receive the new CA in band and renew.
+    Rotate,
+    /// End the rotation: drop the previous CA. Refused while an agent still holds only
+    /// certificates of the previous CA, unless --force (such agents must then enroll again).
+    Finish {
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -195,6 +215,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Ca { cmd } => {
+            let mut c = client::connect(&dir).await?;
+            let st = match cmd {
+                CaCmd::Status => c.get_ca_status(GetCaStatusRequest {}).await?.into_inner(),
+                CaCmd::Rotate => c.rotate_ca(RotateCaRequest {}).await?.into_inner(),
+                CaCmd::Finish { force } => c
+                    .finish_ca_rotation(FinishCaRotationRequest { force })
+                    .await?
+                    .into_inner(),
+            };
+            print_ca_status(&st);
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Agents => {
             let mut c = client::connect(&dir).await?;
             let r = c.list_agents(ListAgentsRequest {}).await?.into_inner();
@@ -222,6 +255,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_ca_status(st: &CaStatus) {
+    for ca in &st.cas {
+        let what = if ca.role == "active" {
+            "active CA (issues certificates; new tokens pin it)"
+        } else {
+            "previous CA (still trusted until `ca finish`)"
+        };
+        println!("{what}");
+        println!("  sha256:    {}", ca.sha256);
+        println!("  subject:   CN={}", ca.subject);
+        println!("  not after: {}", fmt_ms(ca.not_after_unix_ms));
+    }
+    if st.overlap_since_unix_ms > 0 {
+        let age = (byoc_control::service::now_ms() - st.overlap_since_unix_ms).max(0) / 1000;
+        println!(
+            "rotation under way since {} ({} ago)",
+            fmt_ms(st.overlap_since_unix_ms),
+            humantime::format_duration(Duration::from_secs(age as u64))
+        );
+        if st.agents_on_previous_ca.is_empty() {
+            println!("every enrolled agent has a certificate from the active CA: `byoc-control ca finish` is safe");
+        } else {
+            println!(
+                "agents still on the previous CA ({}): {}",
+                st.agents_on_previous_ca.len(),
+                st.agents_on_previous_ca.join(", ")
+            );
+        }
+    } else {
+        println!("no rotation under way");
     }
 }
 

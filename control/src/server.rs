@@ -62,24 +62,30 @@ pub async fn serve(
         cfg: Arc::new(ServiceConfig {
             cert_lifetime: cfg.cert_lifetime,
             heartbeat_interval: cfg.heartbeat_interval,
-            control_plane_id: format!("byoc-control-{}", &hex::encode(pki.ca_fingerprint())[..12]),
+            // From the operation key, which a CA rotation does not change.
+            control_plane_id: format!(
+                "byoc-control-{}",
+                &hex::encode(byoc_proto::transport::fingerprint(&byoc_proto::signing::public_key(
+                    &pki.op_key
+                )))[..12]
+            ),
         }),
     };
 
-    let tls = byoc_proto::transport::server_config(pki.server_chain.clone(), pki.server_key(), pki.ca_der.clone())?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let (conn_tx, conn_rx) = tokio::sync::mpsc::channel(64);
+    let accept_pki = pki.clone();
     tokio::spawn(async move {
         loop {
             let Ok((tcp, peer)) = listener.accept().await else {
                 continue;
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            // The CAs in force now: a rotation changes them for new connections.
+            let acceptor = TlsAcceptor::from(accept_pki.server_tls());
             let conn_tx = conn_tx.clone();
             // Handshakes run apart, so a slow or hostile client cannot stall others.
             tokio::spawn(async move {

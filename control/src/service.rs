@@ -63,7 +63,8 @@ fn store_err(e: crate::store::StoreError) -> Status {
 impl AgentApi {
     /// Checks that an enrollment token exists, is unused and unexpired; with
     /// `claim`, marks it used in memory (the caller then makes that durable).
-    fn check_token(&self, hash: &str, claim: bool) -> Result<(), Status> {
+    /// Returns the CA the token pins (hex SHA-256, "" for an old token).
+    fn check_token(&self, hash: &str, claim: bool) -> Result<String, Status> {
         let mut st = self.store.lock();
         let t = st
             .tokens
@@ -80,7 +81,7 @@ impl AgentApi {
             ));
         }
         t.used |= claim;
-        Ok(())
+        Ok(t.ca.clone())
     }
 
     /// The agent a request comes from, by the fingerprint of its client certificate.
@@ -94,7 +95,7 @@ impl AgentApi {
         let fp = hex::encode(byoc_proto::transport::fingerprint(leaf.as_ref()));
         let st = self.store.lock();
         let agent =
-            st.certs.get(&fp).cloned().ok_or_else(|| {
+            st.certs.get(&fp).map(|c| c.agent.clone()).ok_or_else(|| {
                 Status::permission_denied("this client certificate was not issued to an enrolled agent")
             })?;
         if st.agents.get(&agent).is_some_and(|a| a.revoked) {
@@ -123,12 +124,12 @@ impl AgentService for AgentApi {
         // malformed request must not burn a valid token.
         self.check_token(&hash, false)?;
         let agent_id = format!("agt-{}", random_hex(8));
-        let (cert, not_after) = self
+        let (cert, not_after, issuer) = self
             .pki
             .issue_client_cert(&agent_id, &r.csr_der, self.cfg.cert_lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // Claimed under the lock, so two concurrent uses cannot both pass.
-        self.check_token(&hash, true)?;
+        let pinned = self.check_token(&hash, true)?;
         self.store.commit(Record::TokenUsed { hash }).await.map_err(store_err)?;
         let not_after_ms = not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         self.store
@@ -146,6 +147,7 @@ impl AgentService for AgentApi {
                 agent: agent_id.clone(),
                 fingerprint: hex::encode(byoc_proto::transport::fingerprint(&cert)),
                 not_after_unix_ms: not_after_ms,
+                ca: issuer,
             })
             .await
             .map_err(store_err)?;
@@ -153,7 +155,9 @@ impl AgentService for AgentApi {
         Ok(Response::new(EnrollResponse {
             agent_id,
             certificate_der: cert.to_vec(),
-            ca_certificate_der: self.pki.ca_der.to_vec(),
+            // The CA the token pins: during a CA rotation a token made before
+            // it pins the previous CA, which the server still presents.
+            ca_certificate_der: self.pki.ca_der_for(&pinned).to_vec(),
             operation_signing_public_key: byoc_proto::signing::public_key(&self.pki.op_key),
             certificate_not_after_unix_ms: not_after_ms,
         }))
@@ -161,7 +165,7 @@ impl AgentService for AgentApi {
 
     async fn renew(&self, req: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let agent = self.authenticate(&req)?;
-        let (cert, not_after) = self
+        let (cert, not_after, issuer) = self
             .pki
             .issue_client_cert(&agent, &req.get_ref().csr_der, self.cfg.cert_lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -171,13 +175,15 @@ impl AgentService for AgentApi {
                 agent: agent.clone(),
                 fingerprint: hex::encode(byoc_proto::transport::fingerprint(&cert)),
                 not_after_unix_ms: not_after_ms,
+                ca: issuer.clone(),
             })
             .await
             .map_err(store_err)?;
-        info!(agent = %agent, "certificate renewed");
+        info!(agent = %agent, ca = %issuer, "certificate renewed");
         Ok(Response::new(RenewResponse {
             certificate_der: cert.to_vec(),
             certificate_not_after_unix_ms: not_after_ms,
+            ca_certificates_der: self.pki.trust_bundle(),
         }))
     }
 
@@ -220,6 +226,7 @@ impl AgentService for AgentApi {
                 heartbeat_interval_ms: self.cfg.heartbeat_interval.as_millis() as u32,
                 server_time_unix_ms: now_ms(),
                 control_plane_id: self.cfg.control_plane_id.clone(),
+                ca_certificates_der: self.pki.trust_bundle(),
             })),
         };
         tx.send(Ok(welcome))

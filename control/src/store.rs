@@ -28,6 +28,10 @@ pub enum Record {
     Token {
         hash: String,
         expires_unix_ms: i64,
+        /// Hex SHA-256 of the CA the token pins (absent in records from before
+        /// CA rotation existed).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ca: String,
     },
     TokenUsed {
         hash: String,
@@ -43,6 +47,10 @@ pub enum Record {
         agent: String,
         fingerprint: String,
         not_after_unix_ms: i64,
+        /// Hex SHA-256 of the issuing CA (absent in records from before CA
+        /// rotation existed).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ca: String,
     },
     Op {
         b64: String,
@@ -62,6 +70,17 @@ pub enum Record {
 pub struct TokenState {
     pub expires_unix_ms: i64,
     pub used: bool,
+    /// Hex SHA-256 of the CA the token pins ("" for old records).
+    pub ca: String,
+}
+
+/// A certificate issued to an agent.
+#[derive(Debug, Clone)]
+pub struct CertRec {
+    pub agent: String,
+    pub not_after_unix_ms: i64,
+    /// Hex SHA-256 of the CA that issued it ("" for old records).
+    pub ca: String,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +89,8 @@ pub struct AgentRec {
     pub target: Target,
     pub hostname: String,
     pub cert_not_after_unix_ms: i64,
+    /// The CA that issued the agent's latest certificate ("" if unknown).
+    pub cert_ca: String,
     /// Highest operation sequence assigned to this agent.
     pub last_seq: u64,
     /// Highest result sequence recorded from this agent.
@@ -90,7 +111,8 @@ pub struct OpRec {
 pub struct State {
     pub tokens: HashMap<String, TokenState>,
     pub agents: BTreeMap<String, AgentRec>,
-    pub certs: HashMap<String, String>,
+    /// Certificate fingerprint -> what it was issued for.
+    pub certs: HashMap<String, CertRec>,
     pub ops: HashMap<String, OpRec>,
     /// agent id -> sequence -> operation id.
     pub by_agent: HashMap<String, BTreeMap<u64, String>>,
@@ -99,12 +121,17 @@ pub struct State {
 impl State {
     fn apply(&mut self, r: &Record) -> Result<(), String> {
         match r {
-            Record::Token { hash, expires_unix_ms } => {
+            Record::Token {
+                hash,
+                expires_unix_ms,
+                ca,
+            } => {
                 self.tokens.insert(
                     hash.clone(),
                     TokenState {
                         expires_unix_ms: *expires_unix_ms,
                         used: false,
+                        ca: ca.clone(),
                     },
                 );
             }
@@ -131,6 +158,7 @@ impl State {
                         },
                         hostname: hostname.clone(),
                         cert_not_after_unix_ms: 0,
+                        cert_ca: String::new(),
                         last_seq: 0,
                         acked_result_seq: 0,
                         revoked: false,
@@ -146,10 +174,23 @@ impl State {
                 agent,
                 fingerprint,
                 not_after_unix_ms,
+                ca,
             } => {
-                self.certs.insert(fingerprint.clone(), agent.clone());
-                if let Some(a) = self.agents.get_mut(agent) {
-                    a.cert_not_after_unix_ms = (*not_after_unix_ms).max(a.cert_not_after_unix_ms);
+                self.certs.insert(
+                    fingerprint.clone(),
+                    CertRec {
+                        agent: agent.clone(),
+                        not_after_unix_ms: *not_after_unix_ms,
+                        ca: ca.clone(),
+                    },
+                );
+                if let Some(a) = self
+                    .agents
+                    .get_mut(agent)
+                    .filter(|a| *not_after_unix_ms >= a.cert_not_after_unix_ms)
+                {
+                    a.cert_not_after_unix_ms = *not_after_unix_ms;
+                    a.cert_ca.clone_from(ca);
                 }
             }
             Record::Op { b64 } => self.insert_op(from_base64::<Operation>(b64)?),
@@ -195,6 +236,7 @@ impl State {
             out.push(Record::Token {
                 hash: hash.clone(),
                 expires_unix_ms: t.expires_unix_ms,
+                ca: t.ca.clone(),
             });
             if t.used {
                 out.push(Record::TokenUsed { hash: hash.clone() });
@@ -209,12 +251,15 @@ impl State {
                 hostname: a.hostname.clone(),
             });
         }
-        for (fp, agent) in &self.certs {
-            let not_after = self.agents.get(agent).map_or(0, |a| a.cert_not_after_unix_ms);
+        // Oldest first, so that replaying them leaves each agent's latest last.
+        let mut certs: Vec<_> = self.certs.iter().collect();
+        certs.sort_by_key(|(fp, c)| (c.not_after_unix_ms, fp.as_str()));
+        for (fp, c) in certs {
             out.push(Record::Cert {
-                agent: agent.clone(),
+                agent: c.agent.clone(),
                 fingerprint: fp.clone(),
-                not_after_unix_ms: not_after,
+                not_after_unix_ms: c.not_after_unix_ms,
+                ca: c.ca.clone(),
             });
         }
         for a in self.agents.values().filter(|a| a.revoked) {

@@ -42,8 +42,19 @@ pub fn client_config(
     ca: CertificateDer<'static>,
     identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<ClientConfig, TransportError> {
+    client_config_trusting(&[ca], identity)
+}
+
+/// Client configuration trusting only the CAs of `bundle` (a control plane's
+/// CAs during a rotation), optionally presenting a client certificate.
+pub fn client_config_trusting(
+    bundle: &[CertificateDer<'static>],
+    identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<ClientConfig, TransportError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca)?;
+    for ca in bundle {
+        roots.add(ca.clone())?;
+    }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots);
@@ -82,9 +93,21 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     client_ca: CertificateDer<'static>,
 ) -> Result<ServerConfig, TransportError> {
+    server_config_trusting(chain, key, &[client_ca])
+}
+
+/// As [`server_config`], accepting client certificates from any of `client_cas`
+/// (both CAs during a CA rotation).
+pub fn server_config_trusting(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<ServerConfig, TransportError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
-    roots.add(client_ca)?;
+    for ca in client_cas {
+        roots.add(ca.clone())?;
+    }
     let client_verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()?;
@@ -122,7 +145,17 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        // The pinned CA is the only trust anchor; the other certificates are
+        // candidate intermediates. During a CA rotation the server's leaf is
+        // still issued by the previous CA, and a token made after the rotation
+        // pins the new one: the path is leaf <- previous CA certified by the
+        // new CA (a cross-certificate in the chain) <- pinned CA.
+        let others: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| fingerprint(c.as_ref()) != self.fingerprint)
+            .cloned()
+            .collect();
+        inner.verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

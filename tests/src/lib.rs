@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod proxy;
+
 /// Directory of the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     // Test executables live in target/<profile>/deps.
@@ -342,6 +344,11 @@ impl Agent {
     pub fn cli(&self) -> Command {
         let mut c = Command::new(bin("byoc-agent"));
         c.env_remove("BYOC_ENROLL_TOKEN");
+        // A proxy set for the machine running the tests must not reroute the
+        // agent; proxy tests set these themselves (tests/src/proxy.rs).
+        for var in ["HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy"] {
+            c.env_remove(var);
+        }
         c
     }
 

@@ -193,6 +193,8 @@ impl ControlPlane {
             heartbeat_interval_ms: 1000,
             server_time_unix_ms: now_ms(),
             control_plane_id: "scripted".into(),
+            // A control plane without CA rotation: the agent keeps its trust.
+            ca_certificates_der: Vec::new(),
         }))
         .await;
         s
