@@ -21,6 +21,7 @@ pub mod identity;
 pub mod journal;
 pub mod outbox;
 pub mod pause;
+pub mod policy;
 pub mod run;
 pub mod session;
 pub mod status;
