@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::checks::{Action, Verified};
+use crate::config::ExecutorConfig;
 use crate::now_ms;
 use crate::outbox::{Cmd, Outbox};
+use crate::policy::{Decision, PolicyHandle};
 use crate::session::SessionSender;
 
 /// Retries of one provider step on throttling or transient errors.
@@ -33,27 +35,32 @@ pub struct Executor {
     deadline: Duration,
     in_flight: Mutex<HashMap<String, CancellationToken>>,
     fatal: mpsc::UnboundedSender<String>,
+    policy: Arc<PolicyHandle>,
+}
+
+/// What an executor works with, from the running agent.
+pub struct Parts {
+    pub provider: Arc<dyn Provider>,
+    pub audit: AuditLog,
+    pub outbox: Outbox,
+    pub session: SessionSender,
+    /// Receives the error that must stop the agent.
+    pub fatal: mpsc::UnboundedSender<String>,
+    pub policy: Arc<PolicyHandle>,
 }
 
 impl Executor {
-    pub fn new(
-        provider: Arc<dyn Provider>,
-        audit: AuditLog,
-        outbox: Outbox,
-        session: SessionSender,
-        max_concurrent: usize,
-        deadline: Duration,
-        fatal: mpsc::UnboundedSender<String>,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts, cfg: &ExecutorConfig) -> Arc<Self> {
         Arc::new(Self {
-            provider,
-            audit,
-            outbox,
-            session,
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            deadline,
+            provider: parts.provider,
+            audit: parts.audit,
+            outbox: parts.outbox,
+            session: parts.session,
+            permits: Arc::new(Semaphore::new(cfg.max_concurrent_operations)),
+            deadline: cfg.operation_deadline,
             in_flight: Mutex::new(HashMap::new()),
-            fatal,
+            fatal: parts.fatal,
+            policy: parts.policy,
         })
     }
 
@@ -131,7 +138,7 @@ impl Executor {
                 };
                 tokio::select! {
                     r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
-                        Ok((plan, outcome)) => (plan, outcome.map_err(Failure::Provider)),
+                        Ok((plan, outcome)) => (plan, outcome),
                         Err(_) => (None, Err(Failure::Deadline(self.deadline))),
                     },
                     _ = cancel.cancelled() => (None, Err(Failure::Cancelled)),
@@ -162,19 +169,18 @@ impl Executor {
     }
 
     /// Plans, then applies or deletes. Returns the plan and the outcome.
-    async fn execute(
-        &self,
-        ctx: &CallContext<'_>,
-        v: &Verified,
-    ) -> (Option<Plan>, Result<Option<Outputs>, ProviderError>) {
+    async fn execute(&self, ctx: &CallContext<'_>, v: &Verified) -> (Option<Plan>, Result<Option<Outputs>, Failure>) {
         let p = &*self.provider;
         let delete = v.action == Action::Delete;
         ctx.hooks
             .progress("planning", "comparing desired with observed", Some(0));
         let plan = match retry(|| p.plan(ctx, &v.spec, delete)).await {
             Ok(plan) => plan,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (None, Err(Failure::Provider(e))),
         };
+        if delete && let Err(f) = self.check_protection(v, &plan).await {
+            return (Some(plan), Err(f));
+        }
         let outcome = match v.action {
             Action::Plan => Ok(None),
             Action::Apply if plan.summary == PlanSummary::Replace => Err(ProviderError::Conflict {
@@ -191,7 +197,38 @@ impl Executor {
             Action::Apply => retry(|| p.apply(ctx, &v.spec)).await.map(Some),
             Action::Delete => retry(|| p.delete(ctx, &v.spec)).await.map(Some),
         };
-        (Some(plan), outcome)
+        (Some(plan), outcome.map_err(Failure::Provider))
+    }
+
+    /// Before a delete: the policy's `protected` rules on the resource as the
+    /// provider observed it (the plan's `from`), not only on the spec the
+    /// control plane sent, whose tags it chose.
+    async fn check_protection(&self, v: &Verified, plan: &Plan) -> Result<(), Failure> {
+        let Some(observed) = plan.changes.iter().find_map(|c| c.from.as_ref()) else {
+            return Ok(()); // already gone: nothing to protect
+        };
+        let loaded = self.policy.current();
+        let Some(d @ Decision::Deny { .. }) = loaded
+            .policy
+            .protection_observed(v.spec.kind(), v.spec.name(), observed)
+        else {
+            return Ok(());
+        };
+        let mut detail = crate::run::decision_detail(&d, &loaded.sha256);
+        detail["observed"] = json!(true);
+        self.audit
+            .record(Event::new("policy.decision", Some(&v.op.id), detail))
+            .await
+            .map_err(|e| Failure::AuditUnavailable(e.to_string()))?;
+        let Decision::Deny { rule, message, field } = d else {
+            return Ok(());
+        };
+        Err(Failure::Refused {
+            code: "policy_denied",
+            rule,
+            message: format!("{message}; checked on the resource as it is in the cloud"),
+            field,
+        })
     }
 }
 
@@ -228,6 +265,13 @@ enum Failure {
     /// Cancelled by the control plane. Work the cloud had already accepted
     /// goes on there; a later apply or delete converges from it.
     Cancelled,
+    /// Refused after acceptance (the policy, on what the provider observed).
+    Refused {
+        code: &'static str,
+        rule: String,
+        message: String,
+        field: String,
+    },
 }
 
 fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, Failure>) -> OperationResult {
@@ -249,6 +293,7 @@ fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, 
         }
         Err(f) => f,
     };
+    let mut rule = String::new();
     let (outcome, code, message, field, retry_after_ms) = match failure {
         Failure::Provider(e) => {
             let (field, retry) = match &e {
@@ -284,13 +329,22 @@ fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, 
             String::new(),
             0,
         ),
+        Failure::Refused {
+            code,
+            rule: r,
+            message,
+            field,
+        } => {
+            rule = r;
+            (Outcome::Refused, code, message, field, 0)
+        }
     };
     r.outcome = outcome as i32;
     r.problem = Some(pb::Problem {
         code: code.to_string(),
         message,
         field,
-        rule: String::new(),
+        rule,
         retry_after_ms,
     });
     r

@@ -65,6 +65,42 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AuditCmd,
     },
+    /// The customer policy (docs/policy.md): check an operation against it, or show it.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Decide an operation file under a policy, offline, and print the decision
+    /// and the rule that made it.
+    ///
+    /// The operation file is what `byoc-control submit` takes (YAML, or JSON if
+    /// it ends in .json): one operation (action, kind, spec, optional target) or
+    /// a plan (target, operations). Every operation is checked.
+    ///
+    /// Exit codes: 0 every operation is allowed; 1 at least one is denied;
+    /// 3 none is denied but at least one needs a local approval; 2 the policy or
+    /// operation file is invalid (the message names the file and line).
+    Check {
+        /// The policy file (default: none, i.e. the default policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The operation file.
+        #[arg(long)]
+        operation: PathBuf,
+    },
+    /// Print the effective policy, defaults included: each rule id, its
+    /// setting, and the line it comes from.
+    Show {
+        /// The policy file (default: the one agent.toml names, if any).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +200,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     "the agent was not paused"
                 }
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { policy, operation },
+        } => Ok(ExitCode::from(byoc_agent::policy_cmd::check(
+            policy.as_deref(),
+            &operation,
+        )?)),
+        Cmd::Policy {
+            cmd: PolicyCmd::Show { policy, config },
+        } => {
+            let policy = match policy {
+                Some(p) => Some(p),
+                None => Config::load(&config)?.policy,
+            };
+            byoc_agent::policy_cmd::show(policy.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit {

@@ -478,13 +478,13 @@ pub struct Loaded {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read the policy file {path}: {source}")]
+    #[error("cannot read the policy file {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("policy file {path}: {source}")]
+    #[error("policy file {path}")]
     Invalid {
         path: PathBuf,
         #[source]

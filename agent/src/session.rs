@@ -17,9 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
-use crate::checks::Checker;
+use crate::checks::{Checker, Refusal, Verified};
 use crate::now_ms;
 use crate::outbox::Cmd;
+use crate::policy::Decision;
 use crate::run::Agent;
 
 /// The current session's outbound queue, if connected. Progress is best
@@ -199,34 +200,21 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 max_lifetime_ms: agent.cfg.checks.max_operation_lifetime.as_millis() as i64,
                 paused: paused.as_ref(),
             };
-            let seq = op.sequence;
-            let op_id = op.id.clone();
             match checker.check(op.clone()) {
-                Ok(v) => {
-                    // Recorded in the audit log and the journal before anything
-                    // else happens; both writes share their fsyncs with others.
-                    let received = Event::new(
-                        "operation.received",
-                        Some(&op_id),
-                        json!({
-                            "sequence": seq, "action": v.action.as_str(), "kind": v.spec.kind().as_str(),
-                            "name": v.spec.name(), "idempotency_key": v.op.idempotency_key,
-                            "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
-                        }),
-                    );
-                    let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
-                    a.map_err(|e| SessionError::Durable(e.to_string()))?;
-                    j.map_err(|e| SessionError::Durable(e.to_string()))?;
-                    agent.set_highest_seq(seq);
-                    let accepted = OperationAccepted {
-                        operation_id: op_id,
-                        sequence: seq,
-                    };
-                    let _ = tx.try_send(AgentMessage {
-                        body: Some(agent_message::Body::Accepted(accepted)),
-                    });
-                    agent.executor.spawn(v, false);
-                }
+                Ok(v) => match agent.decide(&v).map_err(SessionError::Durable)? {
+                    Decision::Allow { .. } => accept(agent, v, tx).await?,
+                    Decision::Deny { rule, message, field } => agent
+                        .refuse(&op, Refusal::policy(&rule, &message, &field))
+                        .await
+                        .map_err(SessionError::Durable)?,
+                    Decision::NeedsApproval { rule, message } => agent
+                        .refuse(
+                            &op,
+                            Refusal::policy(&rule, &format!("{message}; this agent cannot take approvals yet"), ""),
+                        )
+                        .await
+                        .map_err(SessionError::Durable)?,
+                },
                 Err(refusal) => agent.refuse(&op, refusal).await.map_err(SessionError::Durable)?,
             }
         }
@@ -249,6 +237,35 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
         // as protobuf's compatibility rules intend.
         None => warn!("ignoring a control-plane message of an unknown kind"),
     }
+    Ok(())
+}
+
+/// Accepts a verified operation the policy allows: recorded in the audit log
+/// and the journal before anything else happens (both writes share their
+/// fsyncs with others), then acknowledged and handed to the executor.
+async fn accept(agent: &Agent, v: Verified, tx: &mpsc::Sender<AgentMessage>) -> Result<(), SessionError> {
+    let (seq, op_id) = (v.op.sequence, v.op.id.clone());
+    let received = Event::new(
+        "operation.received",
+        Some(&op_id),
+        json!({
+            "sequence": seq, "action": v.action.as_str(), "kind": v.spec.kind().as_str(),
+            "name": v.spec.name(), "idempotency_key": v.op.idempotency_key,
+            "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
+        }),
+    );
+    let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
+    a.map_err(|e| SessionError::Durable(e.to_string()))?;
+    j.map_err(|e| SessionError::Durable(e.to_string()))?;
+    agent.set_highest_seq(seq);
+    let accepted = OperationAccepted {
+        operation_id: op_id,
+        sequence: seq,
+    };
+    let _ = tx.try_send(AgentMessage {
+        body: Some(agent_message::Body::Accepted(accepted)),
+    });
+    agent.executor.spawn(v, false);
     Ok(())
 }
 

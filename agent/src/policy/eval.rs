@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use byoc_provider::ResourceSpec;
+use byoc_provider::{ResourceKind, ResourceSpec};
+use serde_json::Value;
 
 use super::{Pattern, Policy, Set, Verdict};
 use crate::checks::Action;
@@ -137,13 +138,29 @@ impl Policy {
         }
     }
 
-    /// Whether deleting a resource described by `spec` is forbidden by
-    /// `protected`. Used on the operation's spec and, before a delete is
-    /// carried out, on the resource as observed in the cloud: the tags the
-    /// control plane sends with a delete are not the ones that count.
+    /// Whether deleting the resource `spec` describes is forbidden by `protected`.
     pub fn protection(&self, spec: &ResourceSpec) -> Option<Decision> {
-        let kind = spec.kind().as_str();
-        let name = spec.name();
+        let (tags, labels) = tags_and_labels(spec);
+        self.protected_by(spec.kind().as_str(), spec.name(), tags, labels)
+    }
+
+    /// `protection` for a resource as the provider observed it (its spec in
+    /// JSON form), checked before a delete is carried out: the tags and labels
+    /// the control plane sends with a delete are not the ones that count.
+    pub fn protection_observed(&self, kind: ResourceKind, name: &str, observed: &Value) -> Option<Decision> {
+        let map = |key: &str| -> Option<Map> {
+            let obj = observed.get(key)?.as_object()?;
+            Some(
+                obj.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect(),
+            )
+        };
+        let (tags, labels) = (map("tags"), map("labels"));
+        self.protected_by(kind.as_str(), name, tags.as_ref(), labels.as_ref())
+    }
+
+    fn protected_by(&self, kind: &str, name: &str, tags: Option<&Map>, labels: Option<&Map>) -> Option<Decision> {
         for n in &self.protected.names {
             if n.value.matches(name) {
                 return Some(Decision::deny(
@@ -156,7 +173,6 @@ impl Policy {
                 ));
             }
         }
-        let (tags, labels) = tags_and_labels(spec);
         for (what, rules, values) in [
             ("tag", &self.protected.tags, tags),
             ("label", &self.protected.labels, labels),

@@ -346,6 +346,32 @@ delete = "allow"
 }
 
 #[test]
+fn protection_is_also_checked_on_the_observed_resource() {
+    let pol = p("[protected]\ntags = { env = \"prod\" }\nlabels = { tier = \"critical\" }\n");
+    let observed = json!({"name": "orders", "tags": {"env": "prod", "team": "a"}});
+    let d = pol
+        .protection_observed(ResourceKind::Database, "orders", &observed)
+        .expect("protected");
+    assert_eq!(denied_by(&d), "protected.tag:env=prod");
+    let pool = json!({"name": "p", "labels": {"tier": "critical"}});
+    assert_eq!(
+        denied_by(
+            &pol.protection_observed(ResourceKind::NodePool, "p", &pool)
+                .expect("protected")
+        ),
+        "protected.label:tier=critical"
+    );
+    assert!(
+        pol.protection_observed(ResourceKind::Database, "orders", &json!({"tags": {"env": "dev"}}))
+            .is_none()
+    );
+    assert!(
+        pol.protection_observed(ResourceKind::Database, "orders", &json!({}))
+            .is_none()
+    );
+}
+
+#[test]
 fn the_first_denial_in_the_documented_order_decides() {
     let pol = p(r#"
 read_only = true
@@ -459,7 +485,7 @@ fn loading_names_the_file_and_hashes_its_bytes() {
     assert_ne!(l.sha256, Loaded::default_policy().sha256);
     assert_eq!(l.policy.origin, "policy.toml");
     std::fs::write(&path, "read_only = 1\n").expect("write");
-    let e = Loaded::load(Some(&path)).expect_err("invalid").to_string();
+    let e = crate::connect::error_chain(&Loaded::load(Some(&path)).expect_err("invalid"));
     assert!(e.contains("policy.toml") && e.contains("line 1"), "{e}");
     let e = Loaded::load(Some(&dir.path().join("missing.toml")))
         .expect_err("missing")
