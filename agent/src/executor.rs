@@ -1,8 +1,12 @@
 //! The executor: runs verified operations through the provider, with bounded
 //! concurrency, a deadline, cancellation, retries of throttled and transient
 //! errors, progress reports, and an audit record before every cloud call.
+//! Operations the policy holds for a local approval wait in [`hold`] first.
+
+mod hold;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +20,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::approval;
 use crate::checks::{Action, Verified};
 use crate::config::ExecutorConfig;
 use crate::now_ms;
@@ -36,6 +41,11 @@ pub struct Executor {
     in_flight: Mutex<HashMap<String, CancellationToken>>,
     fatal: mpsc::UnboundedSender<String>,
     policy: Arc<PolicyHandle>,
+    /// Where holds and decisions live (`approval`).
+    data_dir: PathBuf,
+    /// Operations waiting for approval, with the progress that says so
+    /// (sent again on every new session: progress is not resent otherwise).
+    held: Mutex<HashMap<String, OperationProgress>>,
 }
 
 /// What an executor works with, from the running agent.
@@ -47,6 +57,7 @@ pub struct Parts {
     /// Receives the error that must stop the agent.
     pub fatal: mpsc::UnboundedSender<String>,
     pub policy: Arc<PolicyHandle>,
+    pub data_dir: PathBuf,
 }
 
 impl Executor {
@@ -61,6 +72,8 @@ impl Executor {
             in_flight: Mutex::new(HashMap::new()),
             fatal: parts.fatal,
             policy: parts.policy,
+            data_dir: parts.data_dir,
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -94,20 +107,50 @@ impl Executor {
     }
 
     /// Runs `v` in the background. Its acceptance is already durable.
-    pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool) {
+    /// `approval`: the policy rule that holds it for a local approval first.
+    pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool, approval: Option<String>) {
         let token = CancellationToken::new();
         self.in_flight().insert(v.op.id.clone(), token.clone());
         let this = self.clone();
         tokio::spawn(async move {
             let id = v.op.id.clone();
-            this.run(v, resumed, token).await;
+            this.run(v, resumed, token, approval).await;
             this.in_flight().remove(&id);
         });
     }
 
-    async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken) {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+    async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken, approval: Option<String>) {
+        let approved = match &approval {
+            None => None,
+            Some(rule) => match self.hold(&v, resumed, rule, &cancel).await {
+                Ok(plan) => Some((rule.as_str(), plan)),
+                Err((plan, failure)) => {
+                    if self.finish(&v, plan, Err(failure)).await {
+                        approval::remove(&self.data_dir, &v.op.id);
+                    }
+                    return;
+                }
+            },
+        };
+        let Some((plan, outcome)) = self.attempt(&v, resumed, &cancel, approved).await else {
             return;
+        };
+        if self.finish(&v, plan, outcome).await && approval.is_some() {
+            approval::remove(&self.data_dir, &v.op.id);
+        }
+    }
+
+    /// One run: permit, `operation.started`, plan, apply or delete, within the
+    /// deadline. `approved`: the rule and plan a local approval was given for.
+    async fn attempt(
+        &self,
+        v: &Verified,
+        resumed: bool,
+        cancel: &CancellationToken,
+        approved: Option<(&str, Plan)>,
+    ) -> Option<(Option<Plan>, Result<Option<Outputs>, Failure>)> {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return None;
         };
         let op_id = v.op.id.clone();
         let started = Event::new(
@@ -137,7 +180,7 @@ impl Executor {
                     hooks: &hooks,
                 };
                 tokio::select! {
-                    r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
+                    r = tokio::time::timeout(self.deadline, self.execute(&ctx, v, approved.as_ref())) => match r {
                         Ok((plan, outcome)) => (plan, outcome),
                         Err(_) => (None, Err(Failure::Deadline(self.deadline))),
                     },
@@ -145,7 +188,15 @@ impl Executor {
                 }
             }
         };
-        let result = to_result(&v, plan, outcome);
+        Some((plan, outcome))
+    }
+
+    /// Audits the outcome, then hands the result to the outbox. False when the
+    /// outcome could not be recorded (the agent stops; the operation resumes
+    /// from the journal at the next start).
+    async fn finish(&self, v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, Failure>) -> bool {
+        let op_id = v.op.id.clone();
+        let result = to_result(v, plan, outcome);
         let finished = Event::new(
             "operation.finished",
             Some(&op_id),
@@ -162,14 +213,20 @@ impl Executor {
             let _ = self
                 .fatal
                 .send(format!("cannot record the outcome of {op_id} in the audit log: {e}"));
-            return;
+            return false;
         }
         info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");
         self.outbox.send(Cmd::Result(Box::new(result)));
+        true
     }
 
     /// Plans, then applies or deletes. Returns the plan and the outcome.
-    async fn execute(&self, ctx: &CallContext<'_>, v: &Verified) -> (Option<Plan>, Result<Option<Outputs>, Failure>) {
+    async fn execute(
+        &self,
+        ctx: &CallContext<'_>,
+        v: &Verified,
+        approved: Option<&(&str, Plan)>,
+    ) -> (Option<Plan>, Result<Option<Outputs>, Failure>) {
         let p = &*self.provider;
         let delete = v.action == Action::Delete;
         ctx.hooks
@@ -179,6 +236,11 @@ impl Executor {
             Err(e) => return (None, Err(Failure::Provider(e))),
         };
         if delete && let Err(f) = self.check_protection(v, &plan).await {
+            return (Some(plan), Err(f));
+        }
+        if let Some((rule, approved)) = approved
+            && let Err(f) = hold::still_as_approved(rule, approved, &plan)
+        {
             return (Some(plan), Err(f));
         }
         let outcome = match v.action {
@@ -265,7 +327,10 @@ enum Failure {
     /// Cancelled by the control plane. Work the cloud had already accepted
     /// goes on there; a later apply or delete converges from it.
     Cancelled,
-    /// Refused after acceptance (the policy, on what the provider observed).
+    /// The approval hold could not be kept on disk: nothing was done.
+    HoldUnavailable(String),
+    /// Refused after acceptance: by the policy (on what the provider observed,
+    /// or when approved), or by the local approval (rejected, expired, stale).
     Refused {
         code: &'static str,
         rule: String,
@@ -326,6 +391,13 @@ fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, 
             Outcome::Cancelled,
             "cancelled",
             "cancelled by the control plane".to_string(),
+            String::new(),
+            0,
+        ),
+        Failure::HoldUnavailable(e) => (
+            Outcome::Failed,
+            "approval_unavailable",
+            format!("the agent cannot keep this operation's approval hold on disk: {e}; nothing was done"),
             String::new(),
             0,
         ),

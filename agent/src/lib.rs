@@ -12,6 +12,7 @@
 //!   again after every reconnect, until acknowledged;
 //! - the **[`status`]** writer publishes `status.json` (the agent has no listener).
 
+pub mod approval;
 pub mod checks;
 pub mod config;
 pub mod connect;
@@ -19,6 +20,7 @@ pub mod enroll;
 pub mod executor;
 pub mod identity;
 pub mod journal;
+pub mod localuser;
 pub mod opfile;
 pub mod outbox;
 pub mod pause;

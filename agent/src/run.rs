@@ -288,6 +288,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             session: session.clone(),
             fatal: fatal_tx.clone(),
             policy: policy.clone(),
+            data_dir: data.clone(),
         },
         &cfg.executor,
     );
@@ -354,16 +355,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
-    // Resume what was accepted and not finished: the provider converges.
-    for op in replayed.pending {
-        match checks::decode(op.clone()) {
+    // Approval holds: only those of operations the journal still holds.
+    crate::approval::prepare(&data).context("creating the approvals directory")?;
+    let held: Vec<String> = replayed
+        .pending
+        .iter()
+        .filter(|p| p.approval.is_some())
+        .map(|p| p.op.id.clone())
+        .collect();
+    crate::approval::gc(&data, &held);
+
+    // Resume what was accepted and not finished: the provider converges, and
+    // what waited for approval waits again.
+    for p in replayed.pending {
+        match checks::decode(p.op.clone()) {
             Ok(v) => {
-                info!(op = %v.op.id, "resuming operation");
-                agent.executor.spawn(v, true);
+                info!(op = %v.op.id, awaiting_approval = p.approval.is_some(), "resuming operation");
+                agent.executor.spawn(v, true, p.approval);
             }
             // Accepted once, undecodable now (an agent downgrade, a damaged
             // journal): answer it rather than leave it pending for ever.
-            Err(r) => agent.refuse(&op, r).await.map_err(|e| anyhow::anyhow!(e))?,
+            Err(r) => agent.refuse(&p.op, r).await.map_err(|e| anyhow::anyhow!(e))?,
         }
     }
 
@@ -376,9 +388,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tick.tick().await;
                 let now_paused = agent.observe_pause().await;
                 let ids = agent.executor.in_flight_ids();
+                let held = agent.executor.held_ids();
                 let unacked = agent.outbox_stats().unacked;
                 agent.status.update(|s| {
                     s.operations_in_flight = ids;
+                    s.awaiting_approval = held;
                     s.results_unacknowledged = unacked;
                     s.paused = now_paused;
                 });

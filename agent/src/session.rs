@@ -127,6 +127,11 @@ pub async fn run_session(
     });
     agent.session.set(Some(tx.clone()));
     agent.outbox.send(Cmd::Session(Some(tx.clone())));
+    // Progress is not resent, but "awaiting approval" must not be lost with a
+    // session: a held operation may wait for hours.
+    for m in agent.executor.held_progress() {
+        let _ = tx.try_send(m);
+    }
 
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms).clamp(500, 300_000));
     let mut heartbeat = tokio::time::interval(interval);
@@ -202,18 +207,12 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
             };
             match checker.check(op.clone()) {
                 Ok(v) => match agent.decide(&v).map_err(SessionError::Durable)? {
-                    Decision::Allow { .. } => accept(agent, v, tx).await?,
+                    Decision::Allow { .. } => accept(agent, v, None, tx).await?,
                     Decision::Deny { rule, message, field } => agent
                         .refuse(&op, Refusal::policy(&rule, &message, &field))
                         .await
                         .map_err(SessionError::Durable)?,
-                    Decision::NeedsApproval { rule, message } => agent
-                        .refuse(
-                            &op,
-                            Refusal::policy(&rule, &format!("{message}; this agent cannot take approvals yet"), ""),
-                        )
-                        .await
-                        .map_err(SessionError::Durable)?,
+                    Decision::NeedsApproval { rule, .. } => accept(agent, v, Some(rule), tx).await?,
                 },
                 Err(refusal) => agent.refuse(&op, refusal).await.map_err(SessionError::Durable)?,
             }
@@ -240,10 +239,16 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
     Ok(())
 }
 
-/// Accepts a verified operation the policy allows: recorded in the audit log
-/// and the journal before anything else happens (both writes share their
-/// fsyncs with others), then acknowledged and handed to the executor.
-async fn accept(agent: &Agent, v: Verified, tx: &mpsc::Sender<AgentMessage>) -> Result<(), SessionError> {
+/// Accepts a verified operation the policy allows (or holds for approval:
+/// `approval` names the rule): recorded in the audit log and the journal
+/// before anything else happens (both writes share their fsyncs with others),
+/// then acknowledged and handed to the executor, which holds it if need be.
+async fn accept(
+    agent: &Agent,
+    v: Verified,
+    approval: Option<String>,
+    tx: &mpsc::Sender<AgentMessage>,
+) -> Result<(), SessionError> {
     let (seq, op_id) = (v.op.sequence, v.op.id.clone());
     let received = Event::new(
         "operation.received",
@@ -254,7 +259,10 @@ async fn accept(agent: &Agent, v: Verified, tx: &mpsc::Sender<AgentMessage>) -> 
             "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
         }),
     );
-    let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
+    let (a, j) = tokio::join!(
+        agent.audit.record(received),
+        agent.journal.accepted(&v.op, approval.as_deref())
+    );
     a.map_err(|e| SessionError::Durable(e.to_string()))?;
     j.map_err(|e| SessionError::Durable(e.to_string()))?;
     agent.set_highest_seq(seq);
@@ -265,7 +273,7 @@ async fn accept(agent: &Agent, v: Verified, tx: &mpsc::Sender<AgentMessage>) -> 
     let _ = tx.try_send(AgentMessage {
         body: Some(agent_message::Body::Accepted(accepted)),
     });
-    agent.executor.spawn(v, false);
+    agent.executor.spawn(v, false, approval);
     Ok(())
 }
 
