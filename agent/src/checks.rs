@@ -2,6 +2,8 @@
 //! verified value, or a refusal that says why. No provider is called before
 //! every check here has passed.
 
+use std::borrow::Cow;
+
 use byoc_proto::agent::v1::{self as pb, Operation};
 use byoc_provider::{ProviderError, ResourceKind, ResourceSpec};
 
@@ -32,11 +34,11 @@ pub struct Verified {
     pub spec: ResourceSpec,
 }
 
-/// Why an operation was refused. `rule` names the check that decided.
+/// Why an operation was refused. `rule` names the check (or policy rule) that decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub code: &'static str,
-    pub rule: &'static str,
+    pub rule: Cow<'static, str>,
     pub message: String,
     pub field: String,
     /// Whether the operation's sequence number can be believed: only once the
@@ -49,7 +51,7 @@ impl Refusal {
     fn new(code: &'static str, rule: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
-            rule,
+            rule: Cow::Borrowed(rule),
             message: message.into(),
             field: String::new(),
             sequence_trusted: true,
@@ -68,6 +70,17 @@ impl Refusal {
                 dir.display()
             ),
         )
+    }
+
+    /// A denial by the customer's policy (checked after every check here).
+    pub fn policy(rule: &str, message: &str, field: &str) -> Self {
+        Self {
+            code: "policy_denied",
+            rule: Cow::Owned(rule.to_string()),
+            message: message.to_string(),
+            field: field.to_string(),
+            sequence_trusted: true,
+        }
     }
 
     fn untrusted(mut self) -> Self {
@@ -210,7 +223,7 @@ pub fn decode(op: Operation) -> Result<Verified, Refusal> {
     let spec = ResourceSpec::from_json(kind, &op.spec_json).map_err(|e| match e {
         ProviderError::InvalidSpec { field, message } => Refusal {
             code: "invalid_spec",
-            rule: "spec",
+            rule: Cow::Borrowed("spec"),
             message: format!("{field}: {message}"),
             field,
             sequence_trusted: true,

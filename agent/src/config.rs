@@ -24,6 +24,11 @@ pub struct Config {
     pub checks: ChecksConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The customer's policy file (docs/policy.md), read at start and on
+    /// SIGHUP. Absent: the default policy (everything allowed, database
+    /// deletes need a local approval).
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
     pub provider: ProviderConfig,
 }
 

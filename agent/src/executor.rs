@@ -1,8 +1,12 @@
 //! The executor: runs verified operations through the provider, with bounded
 //! concurrency, a deadline, cancellation, retries of throttled and transient
 //! errors, progress reports, and an audit record before every cloud call.
+//! Operations the policy holds for a local approval wait in [`hold`] first.
+
+mod hold;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +20,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::approval;
 use crate::checks::{Action, Verified};
+use crate::config::ExecutorConfig;
 use crate::now_ms;
 use crate::outbox::{Cmd, Outbox};
+use crate::policy::{Decision, PolicyHandle};
 use crate::session::SessionSender;
 
 /// Retries of one provider step on throttling or transient errors.
@@ -32,25 +39,37 @@ pub struct Executor {
     permits: Arc<Semaphore>,
     deadline: Duration,
     in_flight: Mutex<HashMap<String, CancellationToken>>,
+    policy: Arc<PolicyHandle>,
+    /// Where holds and decisions live (`approval`).
+    data_dir: PathBuf,
+    /// Operations waiting for approval, with the progress that says so
+    /// (sent again on every new session: progress is not resent otherwise).
+    held: Mutex<HashMap<String, OperationProgress>>,
+}
+
+/// What an executor works with, from the running agent.
+pub struct Parts {
+    pub provider: Arc<dyn Provider>,
+    pub audit: AuditLog,
+    pub outbox: Outbox,
+    pub session: SessionSender,
+    pub policy: Arc<PolicyHandle>,
+    pub data_dir: PathBuf,
 }
 
 impl Executor {
-    pub fn new(
-        provider: Arc<dyn Provider>,
-        audit: AuditLog,
-        outbox: Outbox,
-        session: SessionSender,
-        max_concurrent: usize,
-        deadline: Duration,
-    ) -> Arc<Self> {
+    pub fn new(parts: Parts, cfg: &ExecutorConfig) -> Arc<Self> {
         Arc::new(Self {
-            provider,
-            audit,
-            outbox,
-            session,
-            permits: Arc::new(Semaphore::new(max_concurrent)),
-            deadline,
+            provider: parts.provider,
+            audit: parts.audit,
+            outbox: parts.outbox,
+            session: parts.session,
+            permits: Arc::new(Semaphore::new(cfg.max_concurrent_operations)),
+            deadline: cfg.operation_deadline,
             in_flight: Mutex::new(HashMap::new()),
+            policy: parts.policy,
+            data_dir: parts.data_dir,
+            held: Mutex::new(HashMap::new()),
         })
     }
 
@@ -84,20 +103,50 @@ impl Executor {
     }
 
     /// Runs `v` in the background. Its acceptance is already durable.
-    pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool) {
+    /// `approval`: the policy rule that holds it for a local approval first.
+    pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool, approval: Option<String>) {
         let token = CancellationToken::new();
         self.in_flight().insert(v.op.id.clone(), token.clone());
         let this = self.clone();
         tokio::spawn(async move {
             let id = v.op.id.clone();
-            this.run(v, resumed, token).await;
+            this.run(v, resumed, token, approval).await;
             this.in_flight().remove(&id);
         });
     }
 
-    async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken) {
-        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+    async fn run(&self, v: Verified, resumed: bool, cancel: CancellationToken, approval: Option<String>) {
+        let approved = match &approval {
+            None => None,
+            Some(rule) => match self.hold(&v, resumed, rule, &cancel).await {
+                Ok(plan) => Some((rule.as_str(), plan)),
+                Err((plan, failure)) => {
+                    if self.finish(&v, plan, Err(failure), serde_json::Value::Null).await {
+                        approval::remove(&self.data_dir, &v.op.id);
+                    }
+                    return;
+                }
+            },
+        };
+        let Some((plan, outcome, calls)) = self.attempt(&v, resumed, &cancel, approved).await else {
             return;
+        };
+        if self.finish(&v, plan, outcome, calls).await && approval.is_some() {
+            approval::remove(&self.data_dir, &v.op.id);
+        }
+    }
+
+    /// One run: permit, `operation.started`, plan, apply or delete, within the
+    /// deadline. `approved`: the rule and plan a local approval was given for.
+    async fn attempt(
+        &self,
+        v: &Verified,
+        resumed: bool,
+        cancel: &CancellationToken,
+        approved: Option<(&str, Plan)>,
+    ) -> Option<(Option<Plan>, Result<Option<Outputs>, Failure>, serde_json::Value)> {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return None;
         };
         let op_id = v.op.id.clone();
         let started = Event::new(
@@ -128,15 +177,30 @@ impl Executor {
                     hooks: &hooks,
                 };
                 tokio::select! {
-                    r = tokio::time::timeout(self.deadline, self.execute(&ctx, &v)) => match r {
-                        Ok((plan, outcome)) => (plan, outcome.map_err(Failure::Provider)),
+                    r = tokio::time::timeout(self.deadline, self.execute(&ctx, v, approved.as_ref())) => match r {
+                        Ok((plan, outcome)) => (plan, outcome),
                         Err(_) => (None, Err(Failure::Deadline(self.deadline))),
                     },
                     _ = cancel.cancelled() => (None, Err(Failure::Cancelled)),
                 }
             }
         };
-        let result = to_result(&v, plan, outcome);
+        let calls = hooks.calls.lock().unwrap_or_else(|e| e.into_inner()).to_json();
+        Some((plan, outcome, calls))
+    }
+
+    /// Audits the outcome with the cloud calls made (`calls`), then hands the
+    /// result to the outbox. False when the outcome could not be recorded (the
+    /// result is held; the operation resumes from the journal at the next start).
+    async fn finish(
+        &self,
+        v: &Verified,
+        plan: Option<Plan>,
+        outcome: Result<Option<Outputs>, Failure>,
+        calls: serde_json::Value,
+    ) -> bool {
+        let op_id = v.op.id.clone();
+        let result = to_result(v, plan, outcome);
         let finished = Event::new(
             "operation.finished",
             Some(&op_id),
@@ -144,7 +208,7 @@ impl Executor {
                 "outcome": Outcome::try_from(result.outcome).map(|o| o.as_str_name()).unwrap_or("?"),
                 "resource_id": result.outputs.as_ref().map(|o| o.resource_id.clone()),
                 "problem": result.problem.as_ref().map(|p| json!({"code": p.code, "message": p.message})),
-                "calls": hooks.calls.lock().unwrap_or_else(|e| e.into_inner()).to_json(),
+                "calls": calls,
             }),
         );
         // The outcome is recorded before the result can leave. If it cannot be,
@@ -165,10 +229,11 @@ impl Executor {
                     percent: -1,
                 })),
             });
-            return;
+            return false;
         }
         info!(op = %op_id, outcome = ?Outcome::try_from(result.outcome), "operation finished");
         self.outbox.send(Cmd::Result(Box::new(result)));
+        true
     }
 
     /// Plans, then applies or deletes. Returns the plan and the outcome.
@@ -176,15 +241,24 @@ impl Executor {
         &self,
         ctx: &CallContext<'_>,
         v: &Verified,
-    ) -> (Option<Plan>, Result<Option<Outputs>, ProviderError>) {
+        approved: Option<&(&str, Plan)>,
+    ) -> (Option<Plan>, Result<Option<Outputs>, Failure>) {
         let p = &*self.provider;
         let delete = v.action == Action::Delete;
         ctx.hooks
             .progress("planning", "comparing desired with observed", Some(0));
         let plan = match retry(|| p.plan(ctx, &v.spec, delete)).await {
             Ok(plan) => plan,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return (None, Err(Failure::Provider(e))),
         };
+        if delete && let Err(f) = self.check_protection(v, &plan).await {
+            return (Some(plan), Err(f));
+        }
+        if let Some((rule, approved)) = approved
+            && let Err(f) = hold::still_as_approved(rule, approved, &plan)
+        {
+            return (Some(plan), Err(f));
+        }
         let outcome = match v.action {
             Action::Plan => Ok(None),
             Action::Apply if plan.summary == PlanSummary::Replace => Err(ProviderError::Conflict {
@@ -201,7 +275,38 @@ impl Executor {
             Action::Apply => retry(|| p.apply(ctx, &v.spec)).await.map(Some),
             Action::Delete => retry(|| p.delete(ctx, &v.spec)).await.map(Some),
         };
-        (Some(plan), outcome)
+        (Some(plan), outcome.map_err(Failure::Provider))
+    }
+
+    /// Before a delete: the policy's `protected` rules on the resource as the
+    /// provider observed it (the plan's `from`), not only on the spec the
+    /// control plane sent, whose tags it chose.
+    async fn check_protection(&self, v: &Verified, plan: &Plan) -> Result<(), Failure> {
+        let Some(observed) = plan.changes.iter().find_map(|c| c.from.as_ref()) else {
+            return Ok(()); // already gone: nothing to protect
+        };
+        let loaded = self.policy.current();
+        let Some(d @ Decision::Deny { .. }) = loaded
+            .policy
+            .protection_observed(v.spec.kind(), v.spec.name(), observed)
+        else {
+            return Ok(());
+        };
+        let mut detail = crate::run::decision_detail(&d, &loaded.sha256);
+        detail["observed"] = json!(true);
+        self.audit
+            .record(Event::new("policy.decision", Some(&v.op.id), detail))
+            .await
+            .map_err(|e| Failure::AuditUnavailable(e.to_string()))?;
+        let Decision::Deny { rule, message, field } = d else {
+            return Ok(());
+        };
+        Err(Failure::Refused {
+            code: "policy_denied",
+            rule,
+            message: format!("{message}; checked on the resource as it is in the cloud"),
+            field,
+        })
     }
 }
 
@@ -238,6 +343,16 @@ enum Failure {
     /// Cancelled by the control plane. Work the cloud had already accepted
     /// goes on there; a later apply or delete converges from it.
     Cancelled,
+    /// The approval hold could not be kept on disk: nothing was done.
+    HoldUnavailable(String),
+    /// Refused after acceptance: by the policy (on what the provider observed,
+    /// or when approved), or by the local approval (rejected, expired, stale).
+    Refused {
+        code: &'static str,
+        rule: String,
+        message: String,
+        field: String,
+    },
 }
 
 fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, Failure>) -> OperationResult {
@@ -259,6 +374,7 @@ fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, 
         }
         Err(f) => f,
     };
+    let mut rule = String::new();
     let (outcome, code, message, field, retry_after_ms) = match failure {
         Failure::Provider(e) => {
             let (field, retry) = match &e {
@@ -294,13 +410,29 @@ fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, 
             String::new(),
             0,
         ),
+        Failure::HoldUnavailable(e) => (
+            Outcome::Failed,
+            "approval_unavailable",
+            format!("the agent cannot keep this operation's approval hold on disk: {e}; nothing was done"),
+            String::new(),
+            0,
+        ),
+        Failure::Refused {
+            code,
+            rule: r,
+            message,
+            field,
+        } => {
+            rule = r;
+            (Outcome::Refused, code, message, field, 0)
+        }
     };
     r.outcome = outcome as i32;
     r.problem = Some(pb::Problem {
         code: code.to_string(),
         message,
         field,
-        rule: String::new(),
+        rule,
         retry_after_ms,
     });
     r

@@ -6,6 +6,10 @@
 //!
 //! - `op`: an operation was accepted (the signed protobuf, base64): from now on
 //!   it is resumed after any crash until it has a result;
+//! - `held_op`: the same, for an operation that must wait for a local approval
+//!   first (`approval` names the policy rule): resumed, it is held again, not
+//!   run. A record kind of its own, so that an older agent that knows nothing
+//!   of approvals refuses the journal instead of running it unapproved;
 //! - `result`: its result (protobuf, base64) with the agent's result sequence;
 //!   it stays in the outbox until acknowledged;
 //! - `ack`: the control plane acknowledged every result up to `result_seq`;
@@ -37,16 +41,25 @@ pub enum JournalError {
 #[serde(tag = "t", rename_all = "snake_case")]
 enum Record {
     Op { b64: String },
+    HeldOp { b64: String, approval: String },
     Result { b64: String },
     Ack { result_seq: u64 },
     Seen { seq: u64 },
+}
+
+/// An accepted operation without a result.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub op: Operation,
+    /// The policy rule that holds it for a local approval, if any.
+    pub approval: Option<String>,
 }
 
 /// What the journal says after replay.
 #[derive(Debug, Default)]
 pub struct Replayed {
     /// Accepted operations without a result: to resume, in sequence order.
-    pub pending: Vec<Operation>,
+    pub pending: Vec<Pending>,
     /// Results not yet acknowledged, by result sequence.
     pub outbox: BTreeMap<u64, OperationResult>,
     pub acked_result_seq: u64,
@@ -69,20 +82,24 @@ struct Model {
     highest_op_seq: u64,
     highest_result_seq: u64,
     acked: u64,
-    /// Accepted, no result yet: operation id -> (sequence, record).
-    pending: BTreeMap<String, (u64, String)>,
+    /// Accepted, no result yet: operation id -> (sequence, record, approval rule).
+    pending: BTreeMap<String, (u64, String, Option<String>)>,
     /// Results not acknowledged: result sequence -> record.
     outbox: BTreeMap<u64, String>,
 }
 
 impl Model {
+    fn accept(&mut self, b64: &str, approval: Option<String>) -> Result<(), String> {
+        let op: Operation = from_base64(b64)?;
+        self.highest_op_seq = self.highest_op_seq.max(op.sequence);
+        self.pending.insert(op.id, (op.sequence, b64.to_string(), approval));
+        Ok(())
+    }
+
     fn apply(&mut self, rec: &Record) -> Result<(), String> {
         match rec {
-            Record::Op { b64 } => {
-                let op: Operation = from_base64(b64)?;
-                self.highest_op_seq = self.highest_op_seq.max(op.sequence);
-                self.pending.insert(op.id, (op.sequence, b64.clone()));
-            }
+            Record::Op { b64 } => self.accept(b64, None)?,
+            Record::HeldOp { b64, approval } => self.accept(b64, Some(approval.clone()))?,
             Record::Result { b64 } => {
                 let r: OperationResult = from_base64(b64)?;
                 self.highest_result_seq = self.highest_result_seq.max(r.result_seq);
@@ -112,12 +129,16 @@ impl Model {
             line(&Record::Ack { result_seq: self.acked }),
         ];
         let mut pending: Vec<_> = self.pending.values().collect();
-        pending.sort_by_key(|(seq, _)| *seq);
-        out.extend(
-            pending
-                .into_iter()
-                .map(|(_, b64)| line(&Record::Op { b64: b64.clone() })),
-        );
+        pending.sort_by_key(|(seq, _, _)| *seq);
+        out.extend(pending.into_iter().map(|(_, b64, approval)| {
+            line(&match approval {
+                None => Record::Op { b64: b64.clone() },
+                Some(a) => Record::HeldOp {
+                    b64: b64.clone(),
+                    approval: a.clone(),
+                },
+            })
+        }));
         out.extend(
             self.outbox
                 .values()
@@ -171,13 +192,18 @@ impl Journal {
             line: 0,
             message,
         };
-        let mut pending: Vec<Operation> = model
+        let mut pending: Vec<Pending> = model
             .pending
             .values()
-            .map(|(_, b64)| from_base64(b64))
+            .map(|(_, b64, approval)| {
+                from_base64(b64).map(|op| Pending {
+                    op,
+                    approval: approval.clone(),
+                })
+            })
             .collect::<Result<_, _>>()
             .map_err(corrupt)?;
-        pending.sort_by_key(|o| o.sequence);
+        pending.sort_by_key(|p| p.op.sequence);
         let outbox = model
             .outbox
             .iter()
@@ -195,8 +221,17 @@ impl Journal {
         Ok((Self { wal }, replayed))
     }
 
-    pub async fn accepted(&self, op: &Operation) -> Result<(), JournalError> {
-        Ok(self.wal.append(Record::Op { b64: to_base64(op) }).await?)
+    /// `approval`: the policy rule that holds the operation for a local approval.
+    pub async fn accepted(&self, op: &Operation, approval: Option<&str>) -> Result<(), JournalError> {
+        let b64 = to_base64(op);
+        let rec = match approval {
+            None => Record::Op { b64 },
+            Some(a) => Record::HeldOp {
+                b64,
+                approval: a.to_string(),
+            },
+        };
+        Ok(self.wal.append(rec).await?)
     }
 
     pub async fn result(&self, r: &OperationResult) -> Result<(), JournalError> {
@@ -232,7 +267,8 @@ mod tests {
             let (j, st) = Journal::open(&path).expect("open");
             assert!(st.pending.is_empty());
             for s in 1..=3 {
-                j.accepted(&op(s)).await.expect("accept");
+                let approval = (s == 3).then_some("kinds.database.delete");
+                j.accepted(&op(s), approval).await.expect("accept");
             }
             for (rs, s) in [(1u64, 1u64), (2, 2)] {
                 let r = OperationResult {
@@ -248,7 +284,11 @@ mod tests {
         for _ in 0..2 {
             // Twice: compaction must keep the same meaning.
             let (_j, st) = Journal::open(&path).expect("reopen");
-            assert_eq!(st.pending.iter().map(|o| o.sequence).collect::<Vec<_>>(), vec![3]);
+            assert_eq!(st.pending.iter().map(|p| p.op.sequence).collect::<Vec<_>>(), vec![3]);
+            assert_eq!(st.pending[0].approval.as_deref(), Some("kinds.database.delete"));
+            // A record kind an agent without approvals refuses rather than runs.
+            let text = std::fs::read_to_string(&path).expect("read");
+            assert!(text.contains(r#"{"t":"held_op""#), "{text}");
             assert_eq!(st.outbox.keys().copied().collect::<Vec<_>>(), vec![2]);
             assert_eq!(st.acked_result_seq, 1);
             assert_eq!(st.highest_result_seq, 2);
@@ -270,7 +310,7 @@ mod tests {
                 spec_json: spec.clone(),
                 ..Default::default()
             };
-            j.accepted(&o).await.expect("accept");
+            j.accepted(&o, None).await.expect("accept");
             if s % 1000 != 0 {
                 let r = OperationResult {
                     result_seq: s,
@@ -291,7 +331,7 @@ mod tests {
         );
         drop(j);
         let (_j, st) = Journal::open(&path).expect("reopen");
-        let pending: Vec<u64> = st.pending.iter().map(|o| o.sequence).collect();
+        let pending: Vec<u64> = st.pending.iter().map(|p| p.op.sequence).collect();
         assert_eq!(pending, vec![1000, 2000, 3000, 4000, 5000, 6000]);
         assert_eq!(
             st.outbox.keys().copied().collect::<Vec<_>>(),

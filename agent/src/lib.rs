@@ -14,6 +14,7 @@
 //!   [`tunnel`]);
 //! - the **[`status`]** writer publishes `status.json` (the agent has no listener).
 
+pub mod approval;
 pub mod auditlog;
 pub mod checks;
 pub mod config;
@@ -22,8 +23,12 @@ pub mod enroll;
 pub mod executor;
 pub mod identity;
 pub mod journal;
+pub mod localuser;
+pub mod opfile;
 pub mod outbox;
 pub mod pause;
+pub mod policy;
+pub mod policy_cmd;
 pub mod proxy;
 pub mod run;
 pub mod session;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use byoc_agent::approval::Verdict;
 use byoc_agent::config::Config;
 use clap::{Parser, Subcommand};
 
@@ -64,6 +65,72 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: AuditCmd,
+    },
+    /// Operations the policy holds for a local approval, with their plans.
+    Approvals {
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a held operation: the running agent carries it out (within a
+    /// second) and audits who approved it. Talks to the agent through its data
+    /// directory, not the network.
+    Approve {
+        /// The operation id (from `byoc-agent approvals`).
+        op_id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Reject a held operation: the agent refuses it (approval_rejected) and
+    /// audits who rejected it and why.
+    Reject {
+        op_id: String,
+        /// Why (recorded in the audit log and sent to the control plane).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// The customer policy (docs/policy.md): check an operation against it, or show it.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Decide an operation file under a policy, offline, and print the decision
+    /// and the rule that made it.
+    ///
+    /// The operation file is what `byoc-control submit` takes (YAML, or JSON if
+    /// it ends in .json): one operation (action, kind, spec, optional target) or
+    /// a plan (target, operations). Every operation is checked.
+    ///
+    /// Exit codes: 0 every operation is allowed; 1 at least one is denied;
+    /// 3 none is denied but at least one needs a local approval; 2 the policy or
+    /// operation file is invalid (the message names the file and line).
+    Check {
+        /// The policy file (default: none, i.e. the default policy).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The operation file.
+        #[arg(long)]
+        operation: PathBuf,
+    },
+    /// Print the effective policy, defaults included: each rule id, its
+    /// setting, and the line it comes from.
+    Show {
+        /// The policy file (default: the one agent.toml names, if any).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
+        config: PathBuf,
     },
 }
 
@@ -202,6 +269,29 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Approvals { config, json } => {
+            let cfg = Config::load(&config)?;
+            byoc_agent::approval::print_list(&cfg.data_dir, json, byoc_agent::now_ms())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Approve { op_id, reason, config } => decide(&config, &op_id, Verdict::Approve, &reason),
+        Cmd::Reject { op_id, reason, config } => decide(&config, &op_id, Verdict::Reject, &reason),
+        Cmd::Policy {
+            cmd: PolicyCmd::Check { policy, operation },
+        } => Ok(ExitCode::from(byoc_agent::policy_cmd::check(
+            policy.as_deref(),
+            &operation,
+        )?)),
+        Cmd::Policy {
+            cmd: PolicyCmd::Show { policy, config },
+        } => {
+            let policy = match policy {
+                Some(p) => Some(p),
+                None => Config::load(&config)?.policy,
+            };
+            byoc_agent::policy_cmd::show(policy.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Audit { cmd } => audit(cmd),
     }
 }
@@ -274,6 +364,17 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn decide(config: &Path, op_id: &str, verdict: Verdict, reason: &str) -> anyhow::Result<ExitCode> {
+    let cfg = Config::load(config)?;
+    let h = byoc_agent::approval::decide(&cfg.data_dir, op_id, verdict, reason, byoc_agent::now_ms())?;
+    let what = format!("{} {} {}", h.action, h.kind, h.name);
+    match verdict {
+        Verdict::Approve => println!("approved {op_id} ({what}); the running agent carries it out and reports it"),
+        Verdict::Reject => println!("rejected {op_id} ({what}); the running agent refuses it"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn fmt_ms(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
@@ -336,6 +437,12 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
             s.operations_in_flight.join(", ")
         }
     );
+    if !s.awaiting_approval.is_empty() {
+        println!(
+            "awaiting approval: {} (see `byoc-agent approvals`)",
+            s.awaiting_approval.join(", ")
+        );
+    }
     println!("unacked results: {}", s.results_unacknowledged);
     // The switch itself, not the agent's last view of it.
     if let Some(p) = &byoc_agent::pause::read(&cfg.data_dir) {

@@ -49,7 +49,7 @@ pub fn read(data_dir: &Path) -> Option<Pause> {
 pub fn pause(data_dir: &Path, reason: &str, now_ms: i64) -> std::io::Result<Pause> {
     let p = Pause {
         since_unix_ms: now_ms,
-        by: local_user(),
+        by: crate::localuser::describe(),
         reason: reason.to_string(),
     };
     let bytes = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
@@ -68,20 +68,4 @@ pub fn resume(data_dir: &Path) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Who is running this command: `$SUDO_USER` or `$USER`, with the uid.
-fn local_user() -> String {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
-        })
-        .unwrap_or_else(|| "?".into());
-    let name = std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{name} (uid {uid})")
 }

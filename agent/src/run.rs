@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-use crate::checks::{self, Refusal};
+use crate::checks::{self, Refusal, Verified};
 use crate::config::{Config, ProviderConfig};
 use crate::connect::ServerChain;
 use crate::executor::Executor;
@@ -26,6 +26,7 @@ use crate::identity::Identity;
 use crate::journal::Journal;
 use crate::now_ms;
 use crate::outbox::{Cmd, Outbox, OutboxStats};
+use crate::policy::{Decision, Loaded, PolicyHandle, Request};
 use crate::session::{self, SessionSender};
 use crate::status::{Status, StatusHandle};
 use crate::trust;
@@ -44,6 +45,8 @@ pub struct Agent {
     pub status: StatusHandle,
     /// Dials the control plane (directly or through the proxy).
     pub dialer: crate::connect::Dialer,
+    /// The customer's policy in force (swapped whole on SIGHUP).
+    pub policy: Arc<PolicyHandle>,
     identity: Mutex<Identity>,
     highest_seq: AtomicU64,
     outbox_stats: tokio::sync::watch::Receiver<OutboxStats>,
@@ -232,6 +235,62 @@ impl Agent {
         now
     }
 
+    /// Asks the policy in force about `v` and queues the `policy.decision`
+    /// record. It is made durable by the record the caller awaits next
+    /// (`operation.received` or `operation.refused`): the log is ordered, so
+    /// no operation is accepted or refused before its decision is recorded.
+    pub fn decide(&self, v: &Verified) -> Result<Decision, String> {
+        let loaded = self.policy.current();
+        let decision = loaded.policy.evaluate(&Request {
+            action: v.action,
+            region: v.op.target.as_ref().map(|t| t.region.as_str()),
+            spec: &v.spec,
+        });
+        self.audit
+            .record_before_next(decision_event(&v.op.id, &decision, &loaded.sha256))
+            .map_err(|e| format!("cannot record the policy decision: {e}"))?;
+        Ok(decision)
+    }
+
+    /// Re-reads the policy file (SIGHUP). An invalid file is refused and the
+    /// policy in force stays; a valid one replaces it once its reload is recorded.
+    pub async fn reload_policy(&self) {
+        let Some(path) = &self.cfg.policy else {
+            info!("SIGHUP: no policy file is configured (agent.toml `policy`); the default policy stays in force");
+            return;
+        };
+        let old = self.policy.current();
+        match Loaded::load(Some(path)) {
+            Err(e) => {
+                let error = crate::connect::error_chain(&e);
+                error!(%error, "policy reload refused; the policy in force stays");
+                let _ = self
+                    .audit
+                    .record(Event::new(
+                        "policy.reload_refused",
+                        None,
+                        json!({ "path": path, "error": error, "policy_sha256": old.sha256 }),
+                    ))
+                    .await;
+            }
+            Ok(new) => {
+                let ev = Event::new(
+                    "policy.reloaded",
+                    None,
+                    json!({ "path": path, "policy_sha256": new.sha256, "previous_sha256": old.sha256 }),
+                );
+                // No record, no change: the log must say which policy decided.
+                match self.audit.record(ev).await {
+                    Ok(_) => {
+                        info!(path = %path.display(), sha256 = %new.sha256, "policy reloaded");
+                        self.policy.replace(new);
+                    }
+                    Err(e) => error!(error = %e, "cannot record the policy reload; the policy in force stays"),
+                }
+            }
+        }
+    }
+
     /// Refuses an operation: audited, then answered through the outbox.
     pub async fn refuse(&self, op: &byoc_proto::agent::v1::Operation, refusal: Refusal) -> Result<(), String> {
         let recorded = self
@@ -247,7 +306,7 @@ impl Agent {
                 .refuse_unaudited(op, Refusal::audit_unavailable(&e.to_string(), self.audit.dir()))
                 .await;
         }
-        warn!(op = %op.id, code = refusal.code, rule = refusal.rule, message = %refusal.message, "operation refused");
+        warn!(op = %op.id, code = refusal.code, rule = %refusal.rule, message = %refusal.message, "operation refused");
         self.answer_refusal(op, refusal).await
     }
 
@@ -285,6 +344,16 @@ impl Agent {
     }
 }
 
+/// The audit record of a policy decision about operation `op_id`.
+pub fn decision_event(op_id: &str, d: &Decision, policy_sha256: &str) -> Event {
+    Event::new("policy.decision", Some(op_id), decision_detail(d, policy_sha256))
+}
+
+/// The detail of a `policy.decision` record.
+pub fn decision_detail(d: &Decision, policy_sha256: &str) -> serde_json::Value {
+    json!({ "decision": d.as_str(), "rule": d.rule(), "policy_sha256": policy_sha256 })
+}
+
 fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(match &cfg.provider {
         ProviderConfig::Sim(sim) => {
@@ -296,6 +365,12 @@ fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
 /// Runs the agent until SIGINT/SIGTERM or a fatal error.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let data = cfg.data_dir.clone();
+    // An invalid policy is a startup error naming the file and line.
+    let policy = Arc::new(PolicyHandle::new(Loaded::load(cfg.policy.as_deref())?));
+    // Installed before anything else can take time: SIGHUP's default action
+    // would end the agent.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let identity = Identity::load(&data)?;
     let dialer = crate::connect::Dialer::from_config(&cfg.connection)?;
     {
@@ -314,12 +389,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let session = SessionSender::default();
     let executor = Executor::new(
-        provider(&cfg)?,
-        audit.clone(),
-        outbox.clone(),
-        session.clone(),
-        cfg.executor.max_concurrent_operations,
-        cfg.executor.operation_deadline,
+        crate::executor::Parts {
+            provider: provider(&cfg)?,
+            audit: audit.clone(),
+            outbox: outbox.clone(),
+            session: session.clone(),
+            policy: policy.clone(),
+            data_dir: data.clone(),
+        },
+        &cfg.executor,
     );
     let status = StatusHandle::start(
         &data,
@@ -351,6 +429,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         session,
         status,
         dialer,
+        policy,
         outbox_stats,
         pause_seen: tokio::sync::Mutex::new(None),
     });
@@ -366,17 +445,51 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         // the control plane why, which a stopped agent could not.
         .map_err(|e| error!(error = %e, "the audit log cannot record; every operation will be refused until it can"))
         .ok();
+    {
+        let p = agent.policy.current();
+        agent
+            .audit
+            .record(Event::new(
+                "policy.loaded",
+                None,
+                json!({ "path": p.path, "policy_sha256": p.sha256 }),
+            ))
+            .await
+            .map_err(|e| error!(error = %e, "cannot record policy.loaded"))
+            .ok();
+        info!(path = ?p.path, sha256 = %p.sha256, "policy in force");
+    }
+    {
+        let agent = agent.clone();
+        let mut hangup = hangup;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                agent.reload_policy().await;
+            }
+        });
+    }
 
-    // Resume what was accepted and not finished: the provider converges.
-    for op in replayed.pending {
-        match checks::decode(op.clone()) {
+    // Approval holds: only those of operations the journal still holds.
+    crate::approval::prepare(&data).context("creating the approvals directory")?;
+    let held: Vec<String> = replayed
+        .pending
+        .iter()
+        .filter(|p| p.approval.is_some())
+        .map(|p| p.op.id.clone())
+        .collect();
+    crate::approval::gc(&data, &held);
+
+    // Resume what was accepted and not finished: the provider converges, and
+    // what waited for approval waits again.
+    for p in replayed.pending {
+        match checks::decode(p.op.clone()) {
             Ok(v) => {
-                info!(op = %v.op.id, "resuming operation");
-                agent.executor.spawn(v, true);
+                info!(op = %v.op.id, awaiting_approval = p.approval.is_some(), "resuming operation");
+                agent.executor.spawn(v, true, p.approval);
             }
             // Accepted once, undecodable now (an agent downgrade, a damaged
             // journal): answer it rather than leave it pending for ever.
-            Err(r) => agent.refuse(&op, r).await.map_err(|e| anyhow::anyhow!(e))?,
+            Err(r) => agent.refuse(&p.op, r).await.map_err(|e| anyhow::anyhow!(e))?,
         }
     }
 
@@ -389,9 +502,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 tick.tick().await;
                 let now_paused = agent.observe_pause().await;
                 let ids = agent.executor.in_flight_ids();
+                let held = agent.executor.held_ids();
                 let unacked = agent.outbox_stats().unacked;
                 agent.status.update(|s| {
                     s.operations_in_flight = ids;
+                    s.awaiting_approval = held;
                     s.results_unacknowledged = unacked;
                     s.paused = now_paused;
                 });

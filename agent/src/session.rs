@@ -17,10 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
-use crate::checks::Checker;
-use crate::checks::Refusal;
+use crate::checks::{Checker, Refusal, Verified};
 use crate::now_ms;
 use crate::outbox::Cmd;
+use crate::policy::Decision;
 use crate::run::Agent;
 
 /// The current session's outbound queue, if connected. Progress is best
@@ -140,6 +140,11 @@ pub async fn run_session(
     if agent.certificate_from_another_ca() {
         agent.maybe_renew(&mut client, &server, true).await;
     }
+    // Progress is not resent, but "awaiting approval" must not be lost with a
+    // session: a held operation may wait for hours.
+    for m in agent.executor.held_progress() {
+        let _ = tx.try_send(m);
+    }
 
     let interval = Duration::from_millis(u64::from(welcome.heartbeat_interval_ms).clamp(500, 300_000));
     let mut heartbeat = tokio::time::interval(interval);
@@ -220,43 +225,15 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 max_lifetime_ms: agent.cfg.checks.max_operation_lifetime.as_millis() as i64,
                 paused: paused.as_ref(),
             };
-            let seq = op.sequence;
-            let op_id = op.id.clone();
             match checker.check(op.clone()) {
-                Ok(v) => {
-                    // Recorded in the audit log and the journal before anything
-                    // else happens; both writes share their fsyncs with others.
-                    let received = Event::new(
-                        "operation.received",
-                        Some(&op_id),
-                        json!({
-                            "sequence": seq, "action": v.action.as_str(), "kind": v.spec.kind().as_str(),
-                            "name": v.spec.name(), "idempotency_key": v.op.idempotency_key,
-                            "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
-                        }),
-                    )
-                    .with_actor(agent.actor());
-                    let (a, j) = tokio::join!(agent.audit.record(received), agent.journal.accepted(&v.op));
-                    j.map_err(|e| SessionError::Durable(e.to_string()))?;
-                    if let Err(e) = a {
-                        // Not recorded, so not done: the journal's acceptance is
-                        // closed with this refusal, so a restart does not resume it.
-                        let refusal = Refusal::audit_unavailable(&e.to_string(), agent.audit.dir());
-                        return agent
-                            .refuse_unaudited(&op, refusal)
-                            .await
-                            .map_err(SessionError::Durable);
-                    }
-                    agent.set_highest_seq(seq);
-                    let accepted = OperationAccepted {
-                        operation_id: op_id,
-                        sequence: seq,
-                    };
-                    let _ = tx.try_send(AgentMessage {
-                        body: Some(agent_message::Body::Accepted(accepted)),
-                    });
-                    agent.executor.spawn(v, false);
-                }
+                Ok(v) => match agent.decide(&v).map_err(SessionError::Durable)? {
+                    Decision::Allow { .. } => accept(agent, v, None, tx).await?,
+                    Decision::Deny { rule, message, field } => agent
+                        .refuse(&op, Refusal::policy(&rule, &message, &field))
+                        .await
+                        .map_err(SessionError::Durable)?,
+                    Decision::NeedsApproval { rule, .. } => accept(agent, v, Some(rule), tx).await?,
+                },
                 Err(refusal) => agent.refuse(&op, refusal).await.map_err(SessionError::Durable)?,
             }
         }
@@ -279,6 +256,55 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
         // as protobuf's compatibility rules intend.
         None => warn!("ignoring a control-plane message of an unknown kind"),
     }
+    Ok(())
+}
+
+/// Accepts a verified operation the policy allows (or holds for approval:
+/// `approval` names the rule): recorded in the audit log and the journal
+/// before anything else happens (both writes share their fsyncs with others),
+/// then acknowledged and handed to the executor, which holds it if need be.
+async fn accept(
+    agent: &Agent,
+    v: Verified,
+    approval: Option<String>,
+    tx: &mpsc::Sender<AgentMessage>,
+) -> Result<(), SessionError> {
+    let (seq, op_id) = (v.op.sequence, v.op.id.clone());
+    let received = Event::new(
+        "operation.received",
+        Some(&op_id),
+        json!({
+            "sequence": seq, "action": v.action.as_str(), "kind": v.spec.kind().as_str(),
+            "name": v.spec.name(), "idempotency_key": v.op.idempotency_key,
+            "issued_at_unix_ms": v.op.issued_at_unix_ms, "not_after_unix_ms": v.op.not_after_unix_ms,
+        }),
+    )
+    .with_actor(agent.actor());
+    // Recorded in the audit log and the journal before anything else
+    // happens; both writes share their fsyncs with others.
+    let (a, j) = tokio::join!(
+        agent.audit.record(received),
+        agent.journal.accepted(&v.op, approval.as_deref())
+    );
+    j.map_err(|e| SessionError::Durable(e.to_string()))?;
+    if let Err(e) = a {
+        // Not recorded, so not done: the journal's acceptance is closed with
+        // this refusal, so a restart does not resume it.
+        let refusal = Refusal::audit_unavailable(&e.to_string(), agent.audit.dir());
+        return agent
+            .refuse_unaudited(&v.op, refusal)
+            .await
+            .map_err(SessionError::Durable);
+    }
+    agent.set_highest_seq(seq);
+    let accepted = OperationAccepted {
+        operation_id: op_id,
+        sequence: seq,
+    };
+    let _ = tx.try_send(AgentMessage {
+        body: Some(agent_message::Body::Accepted(accepted)),
+    });
+    agent.executor.spawn(v, false, approval);
     Ok(())
 }
 

@@ -21,6 +21,9 @@ pub struct Status {
     pub last_error: Option<String>,
     pub certificate_not_after_unix_ms: i64,
     pub operations_in_flight: Vec<String>,
+    /// Of those, the ones waiting for `byoc-agent approve`.
+    #[serde(default)]
+    pub awaiting_approval: Vec<String>,
     pub results_unacknowledged: usize,
     pub paused: Option<crate::pause::Pause>,
     pub updated_unix_ms: i64,

@@ -193,6 +193,13 @@ impl AdminService for AdminApi {
                     body: Some(watch_event::Body::State(status.state)),
                 }))
                 .await;
+            if let Some(p) = status.last_progress {
+                let _ = tx
+                    .send(Ok(WatchEvent {
+                        body: Some(watch_event::Body::Progress(p)),
+                    }))
+                    .await;
+            }
             loop {
                 match events.recv().await {
                     Ok((id, ev)) if id == op_id => {
@@ -334,6 +341,11 @@ impl AdminApi {
             },
             results: o.results.clone(),
             duplicate_results_ignored: o.duplicates_ignored,
+            last_progress: if o.results.is_empty() {
+                self.0.hub.last_progress(op_id)
+            } else {
+                None
+            },
         })
     }
 }

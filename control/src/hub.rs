@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use byoc_proto::agent::v1::ControlMessage;
+use byoc_proto::agent::v1::{ControlMessage, OperationProgress};
 use byoc_proto::control::v1::{WatchEvent, watch_event};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tonic::Status;
@@ -28,7 +28,16 @@ pub struct Hub {
     live: Arc<Mutex<HashMap<String, Live>>>,
     events: broadcast::Sender<(String, WatchEvent)>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
+    /// The last progress of each operation without a result, for `get` and
+    /// for a watch that starts late (e.g. "awaiting_approval", which may last
+    /// hours). Not durable: agents announce a held operation again on every
+    /// session.
+    progress: Arc<Mutex<HashMap<String, OperationProgress>>>,
 }
+
+/// Operations whose last progress is kept at most (the oldest are not
+/// evicted; new ones are just not kept beyond this).
+const MAX_PROGRESS_KEPT: usize = 65_536;
 
 impl Default for Hub {
     fn default() -> Self {
@@ -36,6 +45,7 @@ impl Default for Hub {
             live: Arc::default(),
             events: broadcast::channel(16 * 1024).0,
             next_session: Arc::default(),
+            progress: Arc::default(),
         }
     }
 }
@@ -116,8 +126,25 @@ impl Hub {
 
     /// Tells whoever watches operation `op` about `body`.
     pub fn publish(&self, op: String, body: watch_event::Body) {
+        {
+            let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            match &body {
+                watch_event::Body::Progress(p) if progress.len() < MAX_PROGRESS_KEPT || progress.contains_key(&op) => {
+                    progress.insert(op.clone(), p.clone());
+                }
+                watch_event::Body::Result(_) => {
+                    progress.remove(&op);
+                }
+                _ => {}
+            }
+        }
         // No receiver is not an error: nobody is watching.
         let _ = self.events.send((op, WatchEvent { body: Some(body) }));
+    }
+
+    /// The last progress the agent reported for `op`, while it has no result.
+    pub fn last_progress(&self, op: &str) -> Option<OperationProgress> {
+        self.progress.lock().unwrap_or_else(|e| e.into_inner()).get(op).cloned()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<(String, WatchEvent)> {

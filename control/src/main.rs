@@ -208,9 +208,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await?
                 .into_inner();
             let results: Vec<_> = s.results.iter().map(result_json).collect();
+            let progress = s
+                .last_progress
+                .as_ref()
+                .map(|p| serde_json::json!({ "phase": p.phase, "message": p.message, "percent": p.percent }));
             let v = serde_json::json!({
                 "operation_id": s.operation_id, "agent_id": s.agent_id, "sequence": s.sequence,
-                "state": s.state, "results": results, "duplicate_results_ignored": s.duplicate_results_ignored,
+                "state": s.state, "progress": progress, "results": results,
+                "duplicate_results_ignored": s.duplicate_results_ignored,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(ExitCode::SUCCESS)

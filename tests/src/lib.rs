@@ -102,7 +102,11 @@ impl World {
 
     /// Writes an agent config in `<world>/agent`, enrolls it with `cp` and starts it.
     pub fn agent(&self, cp: &ControlPlane, delays: SimDelays) -> Agent {
-        let a = self.agent_config("agent", delays);
+        self.start_agent(self.agent_config("agent", delays), cp)
+    }
+
+    /// Enrolls a configured agent (see `agent_config`) with `cp` and starts it.
+    pub fn start_agent(&self, a: Agent, cp: &ControlPlane) -> Agent {
         let out = a.enroll(&cp.token("15m"), &cp.url);
         assert!(
             out.status.success(),
@@ -350,6 +354,32 @@ impl Agent {
             c.env_remove(var);
         }
         c
+    }
+
+    /// The agent's policy file (written by `use_policy`).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    /// Writes `text` as the agent's policy file, and names it in agent.toml
+    /// (read at the next start; a running agent re-reads it on SIGHUP).
+    pub fn use_policy(&self, text: &str) {
+        std::fs::write(self.policy_path(), text).expect("write policy");
+        let config = std::fs::read_to_string(&self.config).expect("config");
+        if !config.starts_with("policy = ") {
+            let line = format!("policy = \"{}\"\n", self.policy_path().display());
+            std::fs::write(&self.config, line + &config).expect("write config");
+        }
+    }
+
+    /// Sends a signal (e.g. "HUP") to the running agent.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill -{name}");
     }
 
     pub fn enroll(&self, token: &str, url: &str) -> Output {

@@ -87,8 +87,10 @@ fn enroll_connect_apply_all_kinds_and_verify_the_audit_log() {
             .collect()
     };
     let k = kinds_for(&ids[0]);
-    assert_eq!(k.first().map(String::as_str), Some("operation.received"), "{k:?}");
-    assert_eq!(k.get(1).map(String::as_str), Some("operation.started"), "{k:?}");
+    // The policy decided first, then the operation was recorded and started.
+    assert_eq!(k.first().map(String::as_str), Some("policy.decision"), "{k:?}");
+    assert_eq!(k.get(1).map(String::as_str), Some("operation.received"), "{k:?}");
+    assert_eq!(k.get(2).map(String::as_str), Some("operation.started"), "{k:?}");
     assert!(k.iter().any(|x| x == "provider.call"), "{k:?}");
     assert_eq!(k.last().map(String::as_str), Some("operation.finished"), "{k:?}");
     assert!(audit.iter().any(|e| e["kind"] == "agent.enrolled"));
