@@ -82,46 +82,75 @@ struct ReceiptCheck {
     cp: Checkpoint,
 }
 
-/// Reads and checks `receipts.jsonl`: signatures now, inclusion during the pass.
-fn load_receipts(dir: &Path, key: &Verifier) -> Result<HashMap<u64, Vec<ReceiptCheck>>, Failure> {
-    let path = dir.join(RECEIPTS);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(fail(0, format!("cannot read {}: {e}", path.display()))),
-    };
-    #[derive(Deserialize)]
-    struct Line {
-        op: String,
-        index: u64,
-        proof: String,
+/// `receipts.jsonl`, read alongside the log: the writer appends receipts in
+/// the order of their entries, so one pass over both suffices and memory
+/// stays bounded whatever the size of the log.
+struct Receipts<R> {
+    lines: R,
+    line: u64,
+    buf: String,
+    /// Receipts made at one checkpoint share its note: each is verified once.
+    opened: HashMap<String, Checkpoint>,
+    next: Option<(u64, ReceiptCheck)>,
+    count: u64,
+}
+
+impl<R: BufRead> Receipts<R> {
+    fn new(lines: R) -> Self {
+        Self {
+            lines,
+            line: 0,
+            buf: String::new(),
+            opened: HashMap::new(),
+            next: None,
+            count: 0,
+        }
     }
-    let mut out: HashMap<u64, Vec<ReceiptCheck>> = HashMap::new();
-    // Receipts written at one checkpoint share its note: verify each note once.
-    let mut opened: HashMap<String, Checkpoint> = HashMap::new();
-    for (i, l) in text.lines().enumerate() {
-        let bad = |why: String| fail(0, format!("{} line {}: {why}", path.display(), i + 1));
-        let r: Line = serde_json::from_str(l).map_err(|e| bad(format!("not a receipt: {e}")))?;
+
+    /// Reads the next receipt into `self.next` (None at the end).
+    fn advance(&mut self, key: &Verifier) -> Result<(), Failure> {
+        #[derive(Deserialize)]
+        struct Line {
+            op: String,
+            index: u64,
+            proof: String,
+        }
+        self.next = None;
+        self.buf.clear();
+        let read = self
+            .lines
+            .read_line(&mut self.buf)
+            .map_err(|e| fail(0, format!("{RECEIPTS}: read error: {e}")))?;
+        if read == 0 {
+            return Ok(());
+        }
+        self.line += 1;
+        let line_no = self.line;
+        let bad = |why: String| fail(0, format!("{RECEIPTS} line {line_no}: {why}"));
+        let r: Line =
+            serde_json::from_str(self.buf.trim_end_matches('\n')).map_err(|e| bad(format!("not a receipt: {e}")))?;
         let proof = TlogProof::parse(&r.proof).map_err(|e| bad(e.0))?;
-        let cp = match opened.get(&proof.checkpoint) {
+        if proof.index != r.index {
+            return Err(bad("the proof's index is not the receipt's".into()));
+        }
+        let cp = match self.opened.get(&proof.checkpoint) {
             Some(cp) => cp.clone(),
             None => {
                 let text = key
                     .open(&proof.checkpoint)
                     .map_err(|e| fail(r.index, format!("the receipt of operation {}: {e}", r.op)))?;
                 let cp = Checkpoint::parse(text).map_err(|e| bad(e.0))?;
-                opened.insert(proof.checkpoint.clone(), cp.clone());
+                if self.opened.len() > 4096 {
+                    self.opened.clear();
+                }
+                self.opened.insert(proof.checkpoint.clone(), cp.clone());
                 cp
             }
         };
-        if proof.index != r.index {
-            return Err(bad("the proof's index is not the receipt's".into()));
-        }
-        out.entry(r.index)
-            .or_default()
-            .push(ReceiptCheck { op: r.op, proof, cp });
+        self.count += 1;
+        self.next = Some((r.index, ReceiptCheck { op: r.op, proof, cp }));
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Verifies the log in `dir` (see the module documentation).
@@ -137,11 +166,50 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             )
         }
     };
-    let mut receipts = load_receipts(dir, &key)?;
-    let receipt_count: u64 = receipts.values().map(|v| v.len() as u64).sum();
+    let read_optional = |name: &str| -> Result<Option<String>, Failure> {
+        let p = dir.join(name);
+        match std::fs::read_to_string(&p) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fail(0, format!("cannot read {}: {e}", p.display()))),
+        }
+    };
+    let latest = read_optional(LATEST_CHECKPOINT)?;
+    let receipts: Box<dyn BufRead> = match std::fs::File::open(dir.join(RECEIPTS)) {
+        Ok(f) => Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Box::new(std::io::empty()),
+        Err(e) => return Err(fail(0, format!("cannot read {}: {e}", dir.join(RECEIPTS).display()))),
+    };
     let path = dir.join(ENTRIES);
     let file = std::fs::File::open(&path).map_err(|e| fail(0, format!("cannot open {}: {e}", path.display())))?;
+    let mut outside: Vec<(String, String)> = Vec::new();
+    if let Some(note) = latest {
+        outside.push((dir.join(LATEST_CHECKPOINT).display().to_string(), note));
+    }
+    for (i, note) in opts.trusted_checkpoints.iter().enumerate() {
+        outside.push((format!("trusted checkpoint {}", i + 1), note.clone()));
+    }
+    let mut s = verify_log(
+        std::io::BufReader::with_capacity(1 << 20, file),
+        receipts,
+        &outside,
+        &key,
+    )?;
+    s.key_from_log_dir = key_from_log_dir;
+    Ok(s)
+}
 
+/// The verification itself, on a log's contents: its entries (`log`), its
+/// receipts (`receipts.jsonl`) and checkpoints kept apart from the log
+/// (`(name, note)`: the `checkpoint` file, trusted copies).
+pub fn verify_log(
+    mut log: impl BufRead,
+    receipts: impl BufRead,
+    outside: &[(String, String)],
+    key: &Verifier,
+) -> Result<Summary, Failure> {
+    let mut receipts = Receipts::new(receipts);
+    receipts.advance(key)?;
     let mut tree = Frontier::default();
     let mut prev = GENESIS;
     let mut n: u64 = 0;
@@ -151,12 +219,24 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
     let mut since: Vec<Hash> = Vec::new();
     let mut heads: HashMap<u64, Hash> = HashMap::new();
     let mut checkpoints = 0u64;
-    let mut prev_hex = hex::encode(prev);
-    let mut signed_by_receipts: Vec<(u64, String, Checkpoint)> = Vec::new();
+    // The trees receipts are against (size -> head, and the first receipt
+    // naming it), matched with the log's checkpoints after the pass.
+    let mut signed_by_receipts: HashMap<u64, (Hash, u64, String)> = HashMap::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
 
-    for line in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
-        let line = line.map_err(|e| fail(n, format!("read error: {e}")))?;
-        let head: Head = serde_json::from_slice(&line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
+    loop {
+        buf.clear();
+        let read = log
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| fail(n, format!("read error: {e}")))?;
+        if read == 0 {
+            break;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        let line = buf.as_slice();
+        let head: Head = serde_json::from_slice(line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
         if head.seq != n {
             let reason = if head.seq > n {
                 format!(
@@ -171,7 +251,8 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             };
             return Err(fail(n, reason));
         }
-        if *head.prev != prev_hex {
+        let mut linked = [0u8; 32];
+        if hex::decode_to_slice(head.prev.as_bytes(), &mut linked).is_err() || linked != prev {
             let at = n.saturating_sub(1);
             return Err(fail(
                 at,
@@ -179,7 +260,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             ));
         }
         if head.kind == CHECKPOINT_KIND {
-            let e: Entry = serde_json::from_slice(&line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
+            let e: Entry = serde_json::from_slice(line).map_err(|e| fail(n, format!("not a valid entry: {e}")))?;
             let note = e.detail["note"].as_str().unwrap_or_default();
             let text = key
                 .open(note)
@@ -229,69 +310,86 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
             last_cp = Some(cp);
             checkpoints += 1;
         }
-        let leaf = merkle::leaf_hash(&line);
-        if let Some(checks) = receipts.remove(&n) {
-            for r in checks {
-                if r.proof.extra.as_deref().is_some_and(|x| x != line.as_slice()) {
-                    return Err(fail(
-                        n,
-                        format!("differs from the copy in the receipt of operation {}", r.op),
-                    ));
-                }
-                if !merkle::verify_inclusion(&leaf, n, r.cp.size, &r.proof.proof, &r.cp.root) {
-                    return Err(fail(
-                        n,
-                        format!("is not the entry the receipt of operation {} proves", r.op),
-                    ));
-                }
-                // The receipt's checkpoint must be one this log holds: it
-                // comes later in the log, so it is matched after the pass.
-                signed_by_receipts.push((n, r.op, r.cp));
+        let leaf = merkle::leaf_hash(line);
+        while let Some((index, r)) = receipts.next.take() {
+            if index > n {
+                receipts.next = Some((index, r));
+                break;
             }
+            if index < n {
+                return Err(fail(
+                    index,
+                    format!(
+                        "{RECEIPTS} line {}: the receipt of operation {} comes after receipts of later entries (receipts are in log order)",
+                        receipts.line, r.op
+                    ),
+                ));
+            }
+            if r.proof.extra.as_deref().is_some_and(|x| x != line) {
+                return Err(fail(
+                    n,
+                    format!("differs from the copy in the receipt of operation {}", r.op),
+                ));
+            }
+            if !merkle::verify_inclusion(&leaf, n, r.cp.size, &r.proof.proof, &r.cp.root) {
+                return Err(fail(
+                    n,
+                    format!("is not the entry the receipt of operation {} proves", r.op),
+                ));
+            }
+            // The receipt's checkpoint must be one this log holds: it comes
+            // later in the log, so it is matched after the pass.
+            match signed_by_receipts.get(&r.cp.size) {
+                Some((root, _, op)) if *root != r.cp.root => {
+                    return Err(fail(
+                        n,
+                        format!(
+                            "the receipts of operations {op} and {} are against two different trees of {} entries",
+                            r.op, r.cp.size
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    signed_by_receipts.insert(r.cp.size, (r.cp.root, n, r.op));
+                }
+            }
+            receipts.advance(key)?;
         }
         tree.push(leaf);
         since.push(leaf);
         prev = leaf;
-        prev_hex = hex::encode(prev);
         n += 1;
     }
 
     // Receipts for entries the log no longer has.
-    if let Some((&index, r)) = receipts.iter().min_by_key(|(i, _)| **i) {
-        let op = r.first().map(|r| r.op.as_str()).unwrap_or_default();
+    if let Some((index, r)) = &receipts.next {
         return Err(fail(
             n,
             format!(
-                "is missing: the receipt of operation {op} proves entry {index}, but the log ends before it (the log was truncated)"
+                "is missing: the receipt of operation {} proves entry {index}, but the log ends before it (the log was truncated)",
+                r.op
             ),
         ));
     }
-    for (index, op, cp) in signed_by_receipts {
-        if heads.get(&cp.size) != Some(&cp.root) {
-            let reason = if cp.size >= n {
+    let mut by_size: Vec<_> = signed_by_receipts.into_iter().collect();
+    by_size.sort_by_key(|(size, _)| *size);
+    for (size, (root, index, op)) in by_size {
+        if heads.get(&size) != Some(&root) {
+            let reason = if size >= n {
                 format!(
-                    "is missing: the receipt of operation {op} (entry {index}) is against a tree of {} entries, but the log ends after {n} (the log was truncated)",
-                    cp.size
+                    "is missing: the receipt of operation {op} (entry {index}) is against a tree of {size} entries, but the log ends after {n} (the log was truncated)"
                 )
             } else {
                 format!(
-                    "the receipt of operation {op} (entry {index}) is against a tree of {} entries that the log's checkpoints do not sign",
-                    cp.size
+                    "the receipt of operation {op} (entry {index}) is against a tree of {size} entries that the log's checkpoints do not sign"
                 )
             };
-            return Err(fail(cp.size.min(n), reason));
+            return Err(fail(size.min(n), reason));
         }
     }
-    let mut outside: Vec<(String, String)> = Vec::new();
-    let latest = dir.join(LATEST_CHECKPOINT);
-    if let Ok(note) = std::fs::read_to_string(&latest) {
-        outside.push((latest.display().to_string(), note));
-    }
-    for (i, note) in opts.trusted_checkpoints.iter().enumerate() {
-        outside.push((format!("trusted checkpoint {}", i + 1), note.clone()));
-    }
     for (name, note) in outside {
-        let text = key.open(&note).map_err(|e| fail(n, format!("{name}: {e}")))?;
+        let text = key.open(note).map_err(|e| fail(n, format!("{name}: {e}")))?;
         let cp = Checkpoint::parse(text).map_err(|e| fail(n, format!("{name}: {e}")))?;
         if cp.size > n {
             return Err(fail(
@@ -330,12 +428,12 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
     Ok(Summary {
         entries: n,
         checkpoints,
-        receipts: receipt_count,
+        receipts: receipts.count,
         unsigned_tail: n.saturating_sub(signed_size + u64::from(checkpoints > 0)),
         signed_size,
         signed_root,
         key: format!("{}+{}", key.name(), key.key_id()),
-        key_from_log_dir,
+        key_from_log_dir: false,
     })
 }
 

@@ -19,7 +19,8 @@
 //!    (60) seconds: VmRSS and VmHWM; goal <= 24 MiB;
 //! 4. audit log appends per second, each durable before it is acknowledged,
 //!    `BENCH_AUDIT_WRITERS` (256) appending at once, `BENCH_AUDIT_ENTRIES`
-//!    (1,000,000) entries with the agent's checkpoint cadence and receipts;
+//!    (1,000,000) entries, 6 per operation as the agent writes them, with the
+//!    agent's checkpoint cadence and a receipt per operation;
 //!    goal >= 20,000/s;
 //! 5. verification speed of that log (tree, chain, every checkpoint signature
 //!    and consistency proof, every receipt); goal >= 200,000 entries/s.
@@ -191,7 +192,8 @@ fn audit_sections(misses: &mut Vec<String>) -> anyhow::Result<()> {
         None => tmp.path().join("audit"),
     };
     println!("\n== 4. Audit log appends, each durable before it returns ({writers} appending at once) ==");
-    println!("   {entries} entries like the agent's provider.call and operation.finished (1 in 4, with a receipt);");
+    println!("   {entries} entries, 6 per operation as the agent writes them (received, policy decision, started,");
+    println!("   two cloud calls, finished with a receipt);");
     println!("   a signed checkpoint every 1,000 entries, as the agent does");
     let (signer, _) = load_or_create_key(&tmp.path().join("audit.key"), "byoc-agent/audit/bench")?;
     let log = AuditLog::open(&dir, signer, Options::default())?;
@@ -209,16 +211,29 @@ fn audit_sections(misses: &mut Vec<String>) -> anyhow::Result<()> {
                     if i >= entries {
                         return anyhow::Ok(lat);
                     }
-                    let op = format!("op-{:016x}", i / 4);
-                    let ev = if i % 4 == 3 {
-                        Event::new("operation.finished", Some(&op), serde_json::json!({
+                    // The entries of one operation, as the agent writes them.
+                    let op = format!("op-{:016x}", i / 6);
+                    let name = format!("cluster/bench-{}", i / 6);
+                    let ev = match i % 6 {
+                        0 => Event::new("operation.received", Some(&op), serde_json::json!({
+                            "sequence": i / 6, "action": "apply", "kind": "cluster", "name": name,
+                            "idempotency_key": format!("idem-{i:016x}"), "issued_at_unix_ms": 1_795_000_000_000u64, "not_after_unix_ms": 1_795_000_300_000u64,
+                        })).with_actor(serde_json::json!({
+                            "control_plane": "https://control.example.com:7443", "ca_sha256": ["8f4c".repeat(16)], "operation_key_sha256": "2b1e".repeat(16),
+                        })),
+                        1 => Event::new("policy.decision", Some(&op), serde_json::json!({
+                            "decision": "allow", "rule": "kinds.cluster.apply", "policy_sha256": "5a7d".repeat(16),
+                        })),
+                        2 => Event::new("operation.started", Some(&op), serde_json::json!({"action": "apply", "kind": "cluster", "name": name})),
+                        3 => Event::new("provider.call", Some(&op), serde_json::json!({"action": "sim:DescribeCluster", "resource": name, "mutating": false})),
+                        4 => Event::new("provider.call", Some(&op), serde_json::json!({"action": "sim:CreateCluster", "resource": name, "mutating": true})),
+                        _ => Event::new("operation.finished", Some(&op), serde_json::json!({
                             "outcome": "OUTCOME_SUCCEEDED", "resource_id": format!("sim-cluster-{i:012x}"), "problem": null,
-                            "calls": {"made": [{"action": "sim:CreateCluster", "resource": format!("cluster/bench-{i}"), "mutating": true, "request_id": format!("sim-{i:024x}")}], "read_only_not_listed": 0},
-                        }))
-                    } else {
-                        Event::new("provider.call", Some(&op), serde_json::json!({
-                            "action": "sim:DescribeCluster", "resource": format!("cluster/bench-{i}"), "mutating": false,
-                        }))
+                            "calls": {"made": [
+                                {"action": "sim:DescribeCluster", "resource": name, "mutating": false, "request_id": format!("sim-{i:024x}")},
+                                {"action": "sim:CreateCluster", "resource": name, "mutating": true, "request_id": format!("sim-{:024x}", i + 1)},
+                            ], "read_only_not_listed": 0},
+                        })),
                     };
                     let t = Instant::now();
                     log.record(ev).await?;
