@@ -222,7 +222,8 @@ impl Agent {
                     "agent.paused",
                     None,
                     json!({ "by": p.by, "reason": p.reason, "since_unix_ms": p.since_unix_ms }),
-                ),
+                )
+                .with_actor(json!({ "local_user": p.by })),
                 None => Event::new("agent.resumed", None, json!({})),
             };
             // If this cannot be recorded, the next look tries again; the switch

@@ -152,6 +152,7 @@ fn a_database_delete_waits_for_a_local_approval_then_runs_audited_with_the_user(
     let granted = audited(&agent, &id, "approval.granted");
     assert_eq!(granted["detail"]["user"], "alice");
     assert_eq!(granted["detail"]["uid"].as_u64(), Some(my_uid()));
+    assert_eq!(granted["actor"]["local_user"], "alice", "the approver is the actor");
     assert_eq!(granted["detail"]["reason"], "change 7");
     assert_eq!(granted["detail"]["rule"], "default.database_delete_needs_approval");
 

@@ -132,7 +132,8 @@ impl Executor {
                     "approval.granted",
                     Some(op_id),
                     json!({ "rule": rule, "user": d.decision.user, "uid": d.uid, "reason": d.decision.reason }),
-                );
+                )
+                .with_actor(json!({ "local_user": d.decision.user, "uid": d.uid }));
                 self.audit.record(ev).await.map_err(|e| fail(audit(e)))?;
                 info!(op = %op_id, by = %who, "operation approved locally");
                 // Decided again by the policy in force now: one reloaded since
@@ -147,7 +148,8 @@ impl Executor {
                     "approval.rejected",
                     Some(op_id),
                     json!({ "rule": rule, "user": d.decision.user, "uid": d.uid, "reason": d.decision.reason }),
-                );
+                )
+                .with_actor(json!({ "local_user": d.decision.user, "uid": d.uid }));
                 self.audit.record(ev).await.map_err(|e| fail(audit(e)))?;
                 let reason = if d.decision.reason.is_empty() {
                     String::new()
