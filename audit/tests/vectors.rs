@@ -19,7 +19,7 @@ fn example_dir() -> PathBuf {
 
 async fn write_example(dir: &Path) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (signer, _) = load_or_create_key(&tmp.path().join("audit.key"), "byoc-agent/audit/agent-example").expect("key");
+    let (signer, _) = load_or_create_key(&tmp.path().join("audit.key"), "byoc-agent/audit/agt-example").expect("key");
     for f in ["log.jsonl", "checkpoint", "receipts.jsonl", "verifier.key"] {
         let _ = std::fs::remove_file(dir.join(f));
     }
@@ -37,7 +37,7 @@ async fn write_example(dir: &Path) {
         Event::new(
             "agent.enrolled",
             None,
-            json!({"agent_id": "agent-example", "control_plane": "https://control.example.com:7443"}),
+            json!({"agent_id": "agt-example", "control_plane": "https://control.example.com:7443"}),
         ),
         Event::new(
             "agent.started",

@@ -283,3 +283,34 @@ fn tampering_is_named_by_both_verifiers_and_export_feeds_a_siem() {
     let (code, out) = verify_with(&["--key", "someone+00000000+AQ=="], &dir);
     assert_eq!(code, Some(2), "{out}");
 }
+
+#[test]
+fn enrollment_makes_the_audit_key_and_prints_its_verifier_key() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let a = w.agent_config("agent", SimDelays::default());
+    let out = a.enroll(&cp.token("15m"), &cp.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let vkey = std::fs::read_to_string(a.data_dir().join("audit").join("verifier.key")).expect("verifier.key");
+    let vkey = vkey.trim();
+    assert!(vkey.starts_with("byoc-agent/audit/agt-"), "{vkey}");
+    assert!(
+        stdout.contains(&format!("audit verifier key: {vkey}")),
+        "enroll prints the key to keep off the host: {stdout}"
+    );
+    // The signing key is private and is not in the directory handed to auditors.
+    let key = a.data_dir().join("identity").join("audit.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).expect("audit.key").permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    for f in std::fs::read_dir(a.data_dir().join("audit")).expect("audit dir") {
+        let f = f.expect("entry").path();
+        let bytes = std::fs::read(&f).expect("read");
+        let secret = std::fs::read(&key).expect("key");
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_slice()),
+            "{} holds the key",
+            f.display()
+        );
+    }
+}
