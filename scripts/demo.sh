@@ -35,11 +35,14 @@ echo "    ${TOKEN:0:24}... (pins the control plane's CA)"
 
 echo "==> enrolling the agent (its private key is made here and never sent)"
 sed "s#demo-data#$DEMO#g" examples/agent.toml >"$DEMO/agent.toml"
-$AGENT enroll --config "$DEMO/agent.toml" --token "$TOKEN" --control-plane "$URL"
+$AGENT enroll --config "$DEMO/agent.toml" --token "$TOKEN" --control-plane "$URL" | tee "$DEMO/enroll.txt"
+# A compliance team keeps this key off the agent host, to verify the log against it later.
+VERIFIER_KEY=$(sed -n 's/^audit verifier key: //p' "$DEMO/enroll.txt")
 
 echo "==> running the agent (logs: $DEMO/agent.log)"
 $AGENT run --config "$DEMO/agent.toml" >"$DEMO/agent.log" 2>&1 &
-pids+=($!)
+AGENT_PID=$!
+pids+=($AGENT_PID)
 for _ in $(seq 100); do $CONTROL agents | grep -q ' connected ' && break; sleep 0.1; done
 $CONTROL agents
 
@@ -49,8 +52,15 @@ $CONTROL submit examples/plan.yaml --wait
 echo "==> agent status"
 $AGENT status --config "$DEMO/agent.toml" || true
 
-echo "==> verifying the agent's audit log (offline, trusts nothing)"
-$AGENT audit verify --config "$DEMO/agent.toml"
+echo "==> stopping the agent (it signs a last checkpoint of its audit log)"
+kill -TERM "$AGENT_PID"
+wait "$AGENT_PID" 2>/dev/null || true
+
+echo "==> verifying the agent's audit log offline, against the key printed at enrollment"
+$AGENT audit verify --config "$DEMO/agent.toml" --key "$VERIFIER_KEY"
+FIRST_OP=$(sed -n 's/.*"kind":"operation.finished","op":"\([^"]*\)".*/\1/p' "$DEMO/agent/audit/log.jsonl" | head -1)
+echo "==> the receipt (a C2SP tlog-proof) of $FIRST_OP, verifiable on its own"
+$AGENT audit show --op "$FIRST_OP" --config "$DEMO/agent.toml" | sed -n '/^receipt/,$p' | cut -c1-100
 
 echo "==> stopping"
 cleanup
