@@ -60,16 +60,23 @@ impl Refusal {
 
     /// The audit log cannot record: every operation is refused, unrecorded
     /// (nothing is done, so nothing goes unrecorded), and the control plane
-    /// is told why.
+    /// is told why. Its sequence is not trusted unless the caller says the
+    /// operation passed the checks ([`Refusal::with_trust`]).
     pub fn audit_unavailable(reason: &str, dir: &std::path::Path) -> Self {
-        Self::new(
+        Self::untrusted(Self::new(
             "audit_unavailable",
             "audit.fail_closed",
             format!(
                 "the agent's audit log in {} cannot record ({reason}); the agent acts on nothing it cannot record and refuses every operation until it can: free space or fix the disk, then restart the agent",
                 dir.display()
             ),
-        )
+        ))
+    }
+
+    /// Whether the refused operation's sequence can be believed (see `sequence_trusted`).
+    pub fn with_trust(mut self, trusted: bool) -> Self {
+        self.sequence_trusted = trusted;
+        self
     }
 
     /// A denial by the customer's policy (checked after every check here).
@@ -198,6 +205,35 @@ impl Checker<'_> {
     }
 }
 
+/// What a journaled operation is checked for when it is resumed: its
+/// signature again (whoever can write the journal cannot add to it what the
+/// control plane never signed), addressee, then decoding. Expiry is not
+/// checked again: it was accepted in time, and its sequence is used up.
+pub fn resume(op: Operation, operation_key: &[u8], agent_id: &str) -> Result<Verified, Refusal> {
+    byoc_proto::signing::verify(&op, operation_key).map_err(|e| {
+        Refusal::new(
+            "bad_signature",
+            "signature",
+            format!(
+                "the journaled operation's signature does not verify ({e}): the journal was altered; nothing was done"
+            ),
+        )
+        .untrusted()
+    })?;
+    if op.agent_id != agent_id {
+        return Err(Refusal::new(
+            "wrong_target",
+            "agent_id",
+            format!(
+                "the journaled operation is addressed to agent {:?}, this is {agent_id}",
+                op.agent_id
+            ),
+        )
+        .untrusted());
+    }
+    decode(op)
+}
+
 /// Decodes an operation's action, kind and spec into typed values. Runs as
 /// the last of the checks, and again when a journaled operation is resumed.
 pub fn decode(op: Operation) -> Result<Verified, Refusal> {
@@ -240,5 +276,54 @@ pub fn kind(k: i32) -> Option<ResourceKind> {
         Ok(pb::ResourceKind::Sandbox) => Some(ResourceKind::Sandbox),
         Ok(pb::ResourceKind::Database) => Some(ResourceKind::Database),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+    use byoc_proto::agent::v1::{Action as PbAction, ResourceKind as PbKind};
+
+    use super::*;
+
+    fn signed(key: &Ed25519KeyPair) -> Operation {
+        let mut op = Operation {
+            id: "op-1".into(),
+            agent_id: "agt-1".into(),
+            sequence: 7,
+            action: PbAction::Apply as i32,
+            kind: PbKind::Cluster as i32,
+            spec_json: r#"{"name":"a","kubernetes_version":"1.31"}"#.into(),
+            ..Default::default()
+        };
+        byoc_proto::signing::sign(&mut op, key);
+        op
+    }
+
+    #[test]
+    fn a_journaled_operation_is_resumed_only_if_the_control_plane_signed_it() {
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
+        let public = key.public_key().as_ref().to_vec();
+        let op = signed(&key);
+        assert!(resume(op.clone(), &public, "agt-1").is_ok());
+        // Written into the journal by someone else: a changed spec, or a
+        // whole operation signed by another key.
+        let mut changed = op.clone();
+        changed.spec_json = r#"{"name":"b","kubernetes_version":"1.31"}"#.into();
+        let r = resume(changed, &public, "agt-1").expect_err("altered");
+        assert_eq!((r.code, r.sequence_trusted), ("bad_signature", false));
+        let other = Ed25519KeyPair::from_pkcs8(
+            Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                .expect("key")
+                .as_ref(),
+        )
+        .expect("key");
+        assert_eq!(
+            resume(signed(&other), &public, "agt-1").expect_err("foreign").code,
+            "bad_signature"
+        );
+        assert_eq!(resume(op, &public, "agt-2").expect_err("not ours").code, "wrong_target");
     }
 }

@@ -103,7 +103,10 @@ impl Model {
             Record::Result { b64 } => {
                 let r: OperationResult = from_base64(b64)?;
                 self.highest_result_seq = self.highest_result_seq.max(r.result_seq);
-                self.highest_op_seq = self.highest_op_seq.max(r.sequence);
+                // A result does not move the sequence mark: an accepted
+                // operation's `op` record did, a trusted refusal's `seen` record
+                // did, and a refusal of a forged operation must not (its
+                // sequence is whatever the forger wrote).
                 self.pending.remove(&r.operation_id);
                 if r.result_seq > self.acked {
                     self.outbox.insert(r.result_seq, b64.clone());
@@ -294,6 +297,26 @@ mod tests {
             assert_eq!(st.highest_result_seq, 2);
             assert_eq!(st.highest_op_seq, 3);
         }
+    }
+
+    #[tokio::test]
+    async fn the_refusal_of_a_forged_operation_does_not_move_the_mark_across_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal.log");
+        {
+            let (j, _) = Journal::open(&path).expect("open");
+            j.seen(4).await.expect("seen");
+            // The REFUSED result of a forged operation carries the forger's sequence.
+            let r = OperationResult {
+                result_seq: 1,
+                operation_id: "op-forged".into(),
+                sequence: u64::MAX,
+                ..Default::default()
+            };
+            j.result(&r).await.expect("result");
+        }
+        let (_j, st) = Journal::open(&path).expect("reopen");
+        assert_eq!(st.highest_op_seq, 4);
     }
 
     #[tokio::test]

@@ -304,7 +304,10 @@ impl Agent {
             .await;
         if let Err(e) = recorded {
             return self
-                .refuse_unaudited(op, Refusal::audit_unavailable(&e.to_string(), self.audit.dir()))
+                .refuse_unaudited(
+                    op,
+                    Refusal::audit_unavailable(&e.to_string(), self.audit.dir()).with_trust(refusal.sequence_trusted),
+                )
                 .await;
         }
         warn!(op = %op.id, code = refusal.code, rule = %refusal.rule, message = %refusal.message, "operation refused");
@@ -483,13 +486,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Resume what was accepted and not finished: the provider converges, and
     // what waited for approval waits again.
     for p in replayed.pending {
-        match checks::decode(p.op.clone()) {
+        match checks::resume(p.op.clone(), &agent.operation_key, &agent.agent_id) {
             Ok(v) => {
                 info!(op = %v.op.id, awaiting_approval = p.approval.is_some(), "resuming operation");
                 agent.executor.spawn(v, true, p.approval);
             }
-            // Accepted once, undecodable now (an agent downgrade, a damaged
-            // journal): answer it rather than leave it pending for ever.
+            // Accepted once, not signed or undecodable now (an altered
+            // journal, an agent downgrade): answer it rather than leave it
+            // pending for ever.
             Err(r) => agent.refuse(&p.op, r).await.map_err(|e| anyhow::anyhow!(e))?,
         }
     }

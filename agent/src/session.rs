@@ -208,13 +208,6 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 warn!(op = %op.id, "operation already running; ignoring the duplicate");
                 return Ok(());
             }
-            if agent.audit.is_failed() {
-                let refusal = Refusal::audit_unavailable("an earlier write failed", agent.audit.dir());
-                return agent
-                    .refuse_unaudited(&op, refusal)
-                    .await
-                    .map_err(SessionError::Durable);
-            }
             let paused = agent.observe_pause().await;
             let checker = Checker {
                 agent_id: &agent.agent_id,
@@ -226,6 +219,16 @@ async fn handle(agent: &Agent, msg: ControlMessage, tx: &mpsc::Sender<AgentMessa
                 paused: paused.as_ref(),
             };
             match checker.check(op.clone()) {
+                // The checks come first even when the audit log cannot record:
+                // only an operation that passed them may move the sequence mark.
+                Ok(_) if agent.audit.is_failed() => {
+                    let refusal =
+                        Refusal::audit_unavailable("an earlier write failed", agent.audit.dir()).with_trust(true);
+                    agent
+                        .refuse_unaudited(&op, refusal)
+                        .await
+                        .map_err(SessionError::Durable)?;
+                }
                 Ok(v) => match agent.decide(&v).map_err(SessionError::Durable)? {
                     Decision::Allow { .. } => accept(agent, v, None, tx).await?,
                     Decision::Deny { rule, message, field } => agent
@@ -290,7 +293,7 @@ async fn accept(
     if let Err(e) = a {
         // Not recorded, so not done: the journal's acceptance is closed with
         // this refusal, so a restart does not resume it.
-        let refusal = Refusal::audit_unavailable(&e.to_string(), agent.audit.dir());
+        let refusal = Refusal::audit_unavailable(&e.to_string(), agent.audit.dir()).with_trust(true);
         return agent
             .refuse_unaudited(&v.op, refusal)
             .await

@@ -548,3 +548,88 @@ async fn no_secret_byte_leaves_the_account_in_any_frame_log_or_record() {
     let frames = &places[0].1;
     assert!(frames.windows(reference.len()).any(|w| w == reference.as_bytes()));
 }
+
+/// Unmounts a test's tmpfs however the test ends.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_operation_cannot_move_the_sequence_mark_while_the_audit_log_is_failed() {
+    use std::process::Command;
+    use std::time::Duration;
+    let w = World::new();
+    let mut cp = ControlPlane::start().await;
+    let mut agent = w.agent_config("agent", SimDelays::default());
+    cp.write_identity(&agent.data_dir());
+    let audit_dir = agent.data_dir().join("audit");
+    std::fs::create_dir_all(&audit_dir).expect("mkdir");
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&audit_dir)
+        .output()
+        .expect("mount");
+    assert!(
+        out.status.success(),
+        "this test fills a small tmpfs, and needs root to mount it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = Unmount(audit_dir.clone());
+    agent.start();
+    let s = cp.session(1).await;
+    s.operation(cp.operation("op-1", 1, ResourceKind::Cluster, cluster("a")))
+        .await;
+    let r = cp.result("op-1").await;
+    assert_eq!(r.outcome(), Outcome::Succeeded, "{r:?}");
+    s.ack(&r).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(audit_dir.join("filler")).expect("filler");
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Genuine operations until the log is full and they are refused.
+    let mut seq = 2;
+    loop {
+        let id = format!("op-{seq}");
+        s.operation(cp.operation(&id, seq, ResourceKind::Cluster, cluster(&format!("c{seq}"))))
+            .await;
+        let got = tokio::time::timeout(Duration::from_secs(5), cp.result(&id)).await;
+        seq += 1;
+        if let Ok(r) = got {
+            if r.outcome() == Outcome::Refused {
+                assert_refused(&r, "audit_unavailable");
+                break;
+            }
+            s.ack(&r).await;
+        }
+        assert!(seq < 60, "the audit log never failed");
+    }
+    // A forged operation (bad signature) with the highest sequence there is:
+    // refused, and its sequence is not believed.
+    let mut forged = cp.operation("op-forged", u64::MAX, ResourceKind::Cluster, cluster("x"));
+    forged.signature[0] ^= 1;
+    s.operation(forged).await;
+    let r = cp.result("op-forged").await;
+    assert_eq!(r.outcome(), Outcome::Refused, "{r:?}");
+    // Space back and a restart: the next genuine operation runs.
+    agent.stop();
+    std::fs::remove_file(audit_dir.join("filler")).expect("rm");
+    agent.start();
+    let s2 = cp.session(2).await;
+    s2.operation(cp.operation("op-next", seq, ResourceKind::Cluster, cluster("next")))
+        .await;
+    let r = cp.result("op-next").await;
+    assert_eq!(
+        r.outcome(),
+        Outcome::Succeeded,
+        "a forged sequence moved the mark: {:?}",
+        r.problem
+    );
+    agent.stop();
+}
