@@ -51,7 +51,7 @@ impl AdminService for AdminApi {
                 "token ttl may be at most 24h: enrollment tokens are short-lived",
             ));
         }
-        let secret = random_hex(32);
+        let secret = random_hex(32)?;
         let expires = now_ms() + ttl.as_millis() as i64;
         // Pins the active CA: after `ca rotate`, the new one.
         let ca = self.0.pki.ca_fingerprint();
@@ -133,11 +133,11 @@ impl AdminService for AdminApi {
             s => Duration::from_secs(s),
         };
         let key = self.0.pki.clone();
+        let id = format!("op-{}", random_hex(8)?);
         let op = self
             .0
             .store
             .commit_op(|st| {
-                let id = format!("op-{}", random_hex(8));
                 let agent = st.agents.get(&agent_id);
                 let now = now_ms();
                 let mut op = Operation {

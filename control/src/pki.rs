@@ -55,6 +55,8 @@ pub enum PkiError {
     AlreadyRotating { since: String },
     #[error("no CA rotation is under way: start one with `byoc-control ca rotate`")]
     NotRotating,
+    #[error(transparent)]
+    Rng(#[from] crate::service::RngUnavailable),
 }
 
 /// One CA: its certificate and the key that signs with it.
@@ -403,7 +405,7 @@ impl Pki {
         }
         // A distinct name, so that verifiers building paths by name never
         // confuse the two CAs.
-        let cn = format!("byoc-control CA {}", crate::service::random_hex(4));
+        let cn = format!("byoc-control CA {}", crate::service::random_hex(4)?);
         let (new, pem) = Ca::generate(&cn, 1)?;
         new.store(&self.dir.join("ca"), &pem)?;
         let since = now_ms();

@@ -47,12 +47,22 @@ pub fn token_hash(secret: &str) -> String {
     hex::encode(byoc_proto::transport::fingerprint(secret.as_bytes()))
 }
 
-pub fn random_hex(bytes: usize) -> String {
+/// The system's random generator failed: nothing that needs a secret or a
+/// unique id can be made (fail closed: an all-zero token would be guessable).
+#[derive(Debug, thiserror::Error)]
+#[error("the system random number generator failed")]
+pub struct RngUnavailable;
+
+impl From<RngUnavailable> for Status {
+    fn from(e: RngUnavailable) -> Self {
+        Status::internal(e.to_string())
+    }
+}
+
+pub fn random_hex(bytes: usize) -> Result<String, RngUnavailable> {
     let mut buf = vec![0u8; bytes];
-    // The system RNG failing is not recoverable; an all-zero id would be caught
-    // as a duplicate by the store, never silently reused.
-    let _ = aws_lc_rs::rand::fill(&mut buf);
-    hex::encode(buf)
+    aws_lc_rs::rand::fill(&mut buf).map_err(|_| RngUnavailable)?;
+    Ok(hex::encode(buf))
 }
 
 fn store_err(e: crate::store::StoreError) -> Status {
@@ -123,7 +133,7 @@ impl AgentService for AgentApi {
         // Check the token, then the CSR, and only then use the token up: a
         // malformed request must not burn a valid token.
         self.check_token(&hash, false)?;
-        let agent_id = format!("agt-{}", random_hex(8));
+        let agent_id = format!("agt-{}", random_hex(8)?);
         let (cert, not_after, issuer) = self
             .pki
             .issue_client_cert(&agent_id, &r.csr_der, self.cfg.cert_lifetime)
