@@ -1,8 +1,8 @@
-# The two commands: `make demo` and `make test`. Also `make bench`.
+# The two commands: `make demo` and `make test`. Also `make bench` and `make fuzz`.
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: demo test bench build lint fmt clean
+.PHONY: demo test bench fuzz build lint fmt clean
 
 ## Build, start a control plane, enroll and run an agent, apply examples/plan.yaml
 ## on the simulated cloud, verify the audit log, stop everything.
@@ -17,6 +17,11 @@ test:
 bench:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) run --release -p byoc-tests --bin byoc-bench
+
+## Fuzz smoke run: every target in fuzz/ for FUZZ_RUNS inputs (default 20000)
+## each, no crash allowed. Not part of `make test`; see docs/fuzzing.md.
+fuzz:
+	./scripts/fuzz.sh
 
 build:
 	$(CARGO) build --workspace --bins

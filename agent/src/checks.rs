@@ -164,7 +164,10 @@ impl Checker<'_> {
             return Err(Refusal::new(
                 "expired",
                 "not_after",
-                format!("operation expired {} ms ago", self.now_ms - op.not_after_unix_ms),
+                format!(
+                    "operation expired {} ms ago",
+                    self.now_ms.saturating_sub(op.not_after_unix_ms)
+                ),
             ));
         }
         let lifetime = op.not_after_unix_ms.saturating_sub(op.issued_at_unix_ms);
@@ -325,5 +328,34 @@ mod tests {
             "bad_signature"
         );
         assert_eq!(resume(op, &public, "agt-2").expect_err("not ours").code, "wrong_target");
+    }
+
+    /// Found by `fuzz/fuzz_targets/operation_signed.rs`: a signed operation
+    /// with `not_after_unix_ms = i64::MIN` overflowed the "expired ... ago"
+    /// arithmetic (a panic in debug builds, a wrong number in release).
+    #[test]
+    fn an_operation_that_expired_at_the_dawn_of_time_is_refused_not_a_panic() {
+        let key = Ed25519KeyPair::from_seed_unchecked(&[7; 32]).expect("key");
+        let mut op = signed(&key);
+        op.not_after_unix_ms = i64::MIN;
+        byoc_proto::signing::sign(&mut op, &key);
+        let target = TargetConfig {
+            cloud: String::new(),
+            account: String::new(),
+            region: String::new(),
+        };
+        let public = key.public_key().as_ref().to_vec();
+        let checker = Checker {
+            agent_id: "agt-1",
+            target: &target,
+            operation_key: &public,
+            highest_seq: 0,
+            now_ms: 1_700_000_000_000,
+            max_lifetime_ms: 30 * 60 * 1000,
+            paused: None,
+        };
+        let refusal = checker.check(op).expect_err("an expired operation");
+        assert_eq!(refusal.code, "expired");
+        assert_eq!(refusal.message, format!("operation expired {} ms ago", i64::MAX));
     }
 }

@@ -23,8 +23,7 @@ static SIGNER: LazyLock<(Signer, Verifier)> = LazyLock::new(|| {
     let key = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(&[0x17; 32])
         .unwrap_or_else(|e| panic!("fixed Ed25519 seed: {e}"));
     let pkcs8 = key.to_pkcs8().unwrap_or_else(|e| panic!("PKCS#8: {e}"));
-    let signer =
-        Signer::from_pkcs8("byoc-agent/audit/fuzz", pkcs8.as_ref()).unwrap_or_else(|e| panic!("signer: {e}"));
+    let signer = Signer::from_pkcs8("byoc-agent/audit/fuzz", pkcs8.as_ref()).unwrap_or_else(|e| panic!("signer: {e}"));
     let verifier = Verifier::parse(&signer.verifier_key()).unwrap_or_else(|e| panic!("verifier: {e}"));
     (signer, verifier)
 });
@@ -42,10 +41,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let cp = Checkpoint::parse(body.unwrap_or(text));
     if let Ok(cp) = &cp {
-        assert_eq!(Checkpoint::parse(&cp.text()).as_ref(), Ok(cp), "checkpoint does not round-trip");
+        assert_eq!(
+            Checkpoint::parse(&cp.text()).as_ref(),
+            Ok(cp),
+            "checkpoint does not round-trip"
+        );
     }
     if let Ok(proof) = TlogProof::parse(text) {
-        assert_eq!(TlogProof::parse(&proof.to_text()).as_ref(), Ok(&proof), "tlog-proof does not round-trip");
+        assert_eq!(
+            TlogProof::parse(&proof.to_text()).as_ref(),
+            Ok(&proof),
+            "tlog-proof does not round-trip"
+        );
         // The receipt's proof against its checkpoint, signed or not.
         let note = EXAMPLE_KEY.open(&proof.checkpoint).unwrap_or(&proof.checkpoint);
         if let Ok(cp) = Checkpoint::parse(note) {
@@ -60,6 +67,10 @@ fuzz_target!(|data: &[u8]| {
     let (signer, verifier) = &*SIGNER;
     if text.ends_with('\n') && !text.chars().any(|c| c.is_control() && c != '\n') {
         let note = signer.sign(text);
-        assert_eq!(verifier.open(&note), Ok(text), "a signed note does not open to its text");
+        assert_eq!(
+            verifier.open(&note),
+            Ok(text),
+            "a signed note does not open to its text"
+        );
     }
 });

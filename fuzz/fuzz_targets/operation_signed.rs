@@ -19,11 +19,11 @@ struct Input {
     /// Which fixture spec (kind) the operation starts from.
     spec: u8,
     action: u8,
+    paused: bool,
     /// Mutations made before the operation is signed.
     before: Vec<Mutation>,
     /// Mutations made after: tampering.
     after: Vec<Mutation>,
-    paused: bool,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -38,14 +38,14 @@ enum Mutation {
     Kind(i32),
     Spec(String),
     /// Replaces the bytes `at..at+len` of the spec (kept if not UTF-8).
-    SpecSplice { at: u16, len: u8, with: Vec<u8> },
-    IssuedAt(i64),
-    NotAfter(i64),
-    /// Relative to the agent's clock, to reach the edges of the time checks.
-    IssuedAtFromNow(i32),
-    NotAfterFromNow(i32),
-    Sequence(u64),
-    SequenceFromHighest(i8),
+    SpecSplice {
+        at: u16,
+        len: u8,
+        with: Vec<u8>,
+    },
+    IssuedAt(Time),
+    NotAfter(Time),
+    Sequence(Sequence),
     AgentId(String),
     Signature(Vec<u8>),
     FlipSignatureBit(u16),
@@ -72,12 +72,9 @@ impl Mutation {
                     op.spec_json = s;
                 }
             }
-            Self::IssuedAt(t) => op.issued_at_unix_ms = *t,
-            Self::NotAfter(t) => op.not_after_unix_ms = *t,
-            Self::IssuedAtFromNow(d) => op.issued_at_unix_ms = NOW_MS + i64::from(*d),
-            Self::NotAfterFromNow(d) => op.not_after_unix_ms = NOW_MS + i64::from(*d),
-            Self::Sequence(s) => op.sequence = *s,
-            Self::SequenceFromHighest(d) => op.sequence = HIGHEST_SEQ.saturating_add_signed(i64::from(*d)),
+            Self::IssuedAt(t) => op.issued_at_unix_ms = t.ms(),
+            Self::NotAfter(t) => op.not_after_unix_ms = t.ms(),
+            Self::Sequence(s) => op.sequence = s.value(),
             Self::AgentId(s) => op.agent_id.clone_from(s),
             Self::Signature(s) => op.signature.clone_from(s),
             Self::FlipSignatureBit(bit) => {
@@ -90,6 +87,44 @@ impl Mutation {
     }
 }
 
+/// A time: near the agent's clock, to reach the edges of the time checks,
+/// any value, or an extreme one.
+#[derive(Debug, Arbitrary)]
+enum Time {
+    FromNow(i32),
+    Exactly(i64),
+    Min,
+    Max,
+}
+
+impl Time {
+    fn ms(&self) -> i64 {
+        match self {
+            Self::FromNow(d) => NOW_MS + i64::from(*d),
+            Self::Exactly(t) => *t,
+            Self::Min => i64::MIN,
+            Self::Max => i64::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Arbitrary)]
+enum Sequence {
+    FromHighest(i8),
+    Exactly(u64),
+    Max,
+}
+
+impl Sequence {
+    fn value(&self) -> u64 {
+        match self {
+            Self::FromHighest(d) => HIGHEST_SEQ.saturating_add_signed(i64::from(*d)),
+            Self::Exactly(s) => *s,
+            Self::Max => u64::MAX,
+        }
+    }
+}
+
 fn target(op: &mut Operation) -> &mut Target {
     op.target.get_or_insert_with(Target::default)
 }
@@ -97,7 +132,10 @@ fn target(op: &mut Operation) -> &mut Target {
 const ACTIONS: [Action; 4] = [Action::Plan, Action::Apply, Action::Delete, Action::Unspecified];
 
 fuzz_target!(|input: Input| {
-    let mut op = signed_operation(usize::from(input.spec), ACTIONS[usize::from(input.action) % ACTIONS.len()]);
+    let mut op = signed_operation(
+        usize::from(input.spec),
+        ACTIONS[usize::from(input.action) % ACTIONS.len()],
+    );
     for m in &input.before {
         m.apply(&mut op);
     }
@@ -122,7 +160,10 @@ fuzz_target!(|input: Input| {
     assert_eq!(received, op, "an operation changed on the wire");
 
     match check_and_assert(&checker(input.paused), &received) {
-        Err(r) if tampered => assert_eq!(r.code, "bad_signature", "a tampered operation was refused for another reason"),
+        Err(r) if tampered => assert_eq!(
+            r.code, "bad_signature",
+            "a tampered operation was refused for another reason"
+        ),
         Ok(_) if tampered => panic!("a tampered operation was accepted"),
         Err(r) => assert_ne!(r.code, "bad_signature", "an untampered operation failed its signature"),
         Ok(_) => {}

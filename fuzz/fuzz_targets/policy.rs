@@ -59,7 +59,13 @@ fuzz_target!(|data: &[u8]| {
         .flatten()
         .flat_map(|s| s.value.iter())
         .chain(p.protected.names.iter().map(|n| &n.value))
-        .chain(p.protected.tags.iter().chain(&p.protected.labels).map(|(_, v)| &v.value))
+        .chain(
+            p.protected
+                .tags
+                .iter()
+                .chain(&p.protected.labels)
+                .map(|(_, v)| &v.value),
+        )
         .filter(|p| p.0.len() <= 64) // keeps the reference matcher cheap
         .take(16)
         .collect();
@@ -86,10 +92,17 @@ fn decide(p: &Policy, req: &Request<'_>) {
     }
     let verdict = p.kinds.get(&(kind, action)).map(|v| v.value);
     if verdict == Some(Verdict::Deny) {
-        assert!(matches!(d, Decision::Deny { .. }), "kinds.{kind}.{action} = deny did not deny: {d:?}");
+        assert!(
+            matches!(d, Decision::Deny { .. }),
+            "kinds.{kind}.{action} = deny did not deny: {d:?}"
+        );
     }
     if let Decision::Allow { .. } = d {
-        assert_ne!(verdict, Some(Verdict::Approve), "kinds.{kind}.{action} = approve allowed without approval");
+        assert_ne!(
+            verdict,
+            Some(Verdict::Approve),
+            "kinds.{kind}.{action} = approve allowed without approval"
+        );
         assert!(!(p.read_only.value && req.action != Action::Plan));
     }
 }

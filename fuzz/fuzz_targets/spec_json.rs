@@ -29,12 +29,19 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert_eq!(spec.kind(), kind);
-    assert!(spec.validate().is_ok(), "from_json returned a spec that does not validate");
+    assert!(
+        spec.validate().is_ok(),
+        "from_json returned a spec that does not validate"
+    );
     // The JSON form (what plans are computed on and providers store) decodes
     // to the same spec.
     let value = spec.to_value();
     let again = ResourceSpec::from_json(kind, &value.to_string());
-    assert_eq!(again.as_ref(), Ok(&spec), "the spec does not round-trip through {value}");
+    assert_eq!(
+        again.as_ref(),
+        Ok(&spec),
+        "the spec does not round-trip through {value}"
+    );
     let plan = Plan::for_apply(&spec, Some(&spec));
     assert!(!plan.is_mutating(), "a spec differs from itself: {plan:?}");
     assert!(Plan::for_apply(&spec, None).is_mutating());

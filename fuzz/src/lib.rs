@@ -103,7 +103,9 @@ pub fn signed_operation(which: usize, action: Action) -> Operation {
 /// Runs `op` through `checker` and asserts what must hold of the outcome
 /// whatever the operation: an operation is accepted only if it meets every
 /// check, and a refusal trusts the sequence number only once the signature,
-/// the addressee and the sequence have been checked. Returns the outcome.
+/// the addressee and the sequence have been checked. Also resumes `op` as
+/// if read back from the journal (`checks::resume`), which must accept only
+/// what the control plane signed for this agent. Returns the check's outcome.
 pub fn check_and_assert(checker: &Checker<'_>, op: &Operation) -> Result<Verified, Refusal> {
     let signed = signing::verify(op, checker.operation_key).is_ok();
     let result = checker.check(op.clone());
@@ -141,16 +143,46 @@ pub fn check_and_assert(checker: &Checker<'_>, op: &Operation) -> Result<Verifie
             assert!(v.spec.validate().is_ok(), "accepted a spec that does not validate");
         }
         Err(r) => {
-            assert!(!r.code.is_empty() && !r.rule.is_empty(), "a refusal names no rule: {r:?}");
+            assert!(
+                !r.code.is_empty() && !r.rule.is_empty(),
+                "a refusal names no rule: {r:?}"
+            );
             if r.sequence_trusted {
                 assert!(signed, "trusted the sequence of an unsigned operation: {r:?}");
-                assert_eq!(op.agent_id, checker.agent_id, "trusted the sequence of another agent's operation");
+                assert_eq!(
+                    op.agent_id, checker.agent_id,
+                    "trusted the sequence of another agent's operation"
+                );
                 assert!(op.sequence > checker.highest_seq, "trusted a replayed sequence: {r:?}");
             }
             if !signed {
-                assert_eq!(r.code, "bad_signature", "an unsigned operation refused for another reason");
+                assert_eq!(
+                    r.code, "bad_signature",
+                    "an unsigned operation refused for another reason"
+                );
             }
             let _ = r.to_problem();
+        }
+    }
+    // The same operation read back from the journal on a restart.
+    match (
+        checks::resume(op.clone(), checker.operation_key, checker.agent_id),
+        &result,
+    ) {
+        (Ok(resumed), Ok(v)) => assert_eq!(
+            (&resumed.op, resumed.action, &resumed.spec),
+            (&v.op, v.action, &v.spec),
+            "resumed differently than checked"
+        ),
+        (Err(r), Ok(_)) => panic!("an accepted operation cannot be resumed: {r:?}"),
+        (Ok(_), Err(_)) => {
+            assert!(signed, "resumed a journaled operation whose signature does not verify");
+            assert_eq!(op.agent_id, checker.agent_id, "resumed another agent's operation");
+        }
+        (Err(r), Err(_)) => {
+            if !signed {
+                assert_eq!((r.code, r.sequence_trusted), ("bad_signature", false), "{r:?}");
+            }
         }
     }
     result
