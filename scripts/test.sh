@@ -9,18 +9,26 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-echo "==> system packages the tests use"
-# Go's golang.org/x/mod/sumdb/{note,tlog}: an independent implementation the
-# audit log is cross-checked against (audit/tests/go_crosscheck.rs).
+echo "==> system packages the tests use (Debian; installed once per machine)"
+# - golang-go, golang-golang-x-mod-dev: Go's golang.org/x/mod/sumdb/{note,tlog},
+#   an independent implementation the audit log is cross-checked against
+#   (audit/tests/go_crosscheck.rs);
+# - tinyproxy-bin (the executable, no service): tests/tests/proxy.rs runs a real HTTPS proxy on loopback.
+# Without them those tests fail (they never pass silently).
 need=()
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb/tlog ] || need+=(golang-golang-x-mod-dev)
+command -v tinyproxy >/dev/null || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy-bin)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "    installing ${need[*]}"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
+  if command -v apt-get >/dev/null; then
+    echo "    installing ${need[*]}"
+    apt_install() { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
+    apt_install || { $SUDO apt-get update -qq && apt_install; }
+  else
+    echo "warning: install ${need[*]}: the tests that use them will fail" >&2
+  fi
 fi
 
 echo "==> formatting"
@@ -38,19 +46,6 @@ fi
 # Advisories need the RustSec database from GitHub, which this network does
 # not reach; run `cargo deny check advisories` where it does.
 cargo deny --log-level error check bans licenses sources
-
-echo "==> tools the end-to-end tests run"
-# tests/tests/proxy.rs runs a real HTTPS proxy on loopback; without it those
-# tests fail (they never pass silently).
-if ! command -v tinyproxy >/dev/null && [ ! -x /usr/bin/tinyproxy ]; then
-  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    echo "    installing tinyproxy (once per machine)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tinyproxy >/dev/null
-  else
-    echo "warning: tinyproxy is not installed (apt-get install -y tinyproxy): the proxy tests will fail" >&2
-  fi
-fi
 
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
