@@ -166,6 +166,8 @@ fn default_connect_timeout() -> Duration {
 pub enum ProviderConfig {
     /// The embedded simulated cloud.
     Sim(byoc_provider_sim::SimConfig),
+    /// Amazon Web Services (EKS clusters; more kinds to come).
+    Aws(byoc_provider_aws::AwsConfig),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +223,19 @@ impl Config {
                 )));
             }
             ProviderConfig::Sim(_) => {}
+            ProviderConfig::Aws(_) if t.cloud != "aws" => {
+                return Err(invalid(format!(
+                    "provider.aws serves target.cloud = \"aws\", not {:?}",
+                    t.cloud
+                )));
+            }
+            ProviderConfig::Aws(a) if a.region != t.region => {
+                return Err(invalid(format!(
+                    "provider.aws.region {:?} is not target.region {:?}",
+                    a.region, t.region
+                )));
+            }
+            ProviderConfig::Aws(_) => {}
         }
         Ok(cfg)
     }

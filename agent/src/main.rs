@@ -61,6 +61,18 @@ enum Cmd {
         #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
         config: PathBuf,
     },
+    /// Print the least-privilege cloud policy the agent's identity needs: every
+    /// action the provider calls for the given resource kinds, nothing else.
+    /// Attach it to the agent's role (the install module does). Offline.
+    IamPolicy {
+        /// The cloud (only `aws` so far).
+        #[arg(long, value_parser = ["aws"])]
+        cloud: String,
+        /// Resource kinds the agent will manage (default: every kind the
+        /// provider supports), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        kinds: Vec<String>,
+    },
     /// Read and verify the local audit log (works offline, trusts nothing).
     Audit {
         #[command(subcommand)]
@@ -290,6 +302,25 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => Config::load(&config)?.policy,
             };
             byoc_agent::policy_cmd::show(policy.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::IamPolicy { cloud: _, kinds } => {
+            let supported = byoc_provider_aws::iam::KINDS;
+            let kinds: Vec<&str> = if kinds.is_empty() {
+                supported.to_vec()
+            } else {
+                kinds.iter().map(String::as_str).collect()
+            };
+            if let Some(k) = kinds.iter().find(|k| !supported.contains(k)) {
+                anyhow::bail!(
+                    "the AWS provider does not manage {k:?} resources yet; it manages: {}",
+                    supported.join(", ")
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&byoc_provider_aws::iam::policy(&kinds))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { cmd } => audit(cmd),

@@ -358,11 +358,12 @@ pub fn decision_detail(d: &Decision, policy_sha256: &str) -> serde_json::Value {
     json!({ "decision": d.as_str(), "rule": d.rule(), "policy_sha256": policy_sha256 })
 }
 
-fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
+async fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
     Ok(match &cfg.provider {
         ProviderConfig::Sim(sim) => {
             Arc::new(byoc_provider_sim::SimCloud::open(sim.clone()).context("opening the simulated cloud")?)
         }
+        ProviderConfig::Aws(aws) => Arc::new(byoc_provider_aws::AwsCloud::connect(aws.clone()).await),
     })
 }
 
@@ -394,7 +395,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let session = SessionSender::default();
     let executor = Executor::new(
         crate::executor::Parts {
-            provider: provider(&cfg)?,
+            provider: provider(&cfg).await?,
             audit: audit.clone(),
             outbox: outbox.clone(),
             session: session.clone(),

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod moto;
 pub mod proxy;
 
 /// Directory of the workspace's built binaries (`target/<profile>`).
@@ -117,6 +118,43 @@ impl World {
         a.start();
         a.wait_connected(cp);
         a
+    }
+
+    /// Writes the config of an agent serving AWS through `endpoint` (moto),
+    /// without enrolling or starting it.
+    pub fn aws_agent_config(&self, name: &str, endpoint: &str) -> Agent {
+        let dir = self.path(name);
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        let text = format!(
+            r#"data_dir = "{data}"
+[target]
+cloud = "aws"
+account = "123456789012"
+region = "us-east-1"
+[executor]
+max_concurrent_operations = 16
+operation_deadline = "5m"
+[connection]
+min_backoff = "100ms"
+max_backoff = "1s"
+connect_timeout = "3s"
+[provider.aws]
+region = "us-east-1"
+cluster_role_arn = "arn:aws:iam::123456789012:role/byoc-eks-cluster"
+subnets = ["subnet-0a1b2c3d", "subnet-4e5f6a7b"]
+security_groups = ["sg-0123abcd"]
+endpoint_url = "{endpoint}"
+poll_interval = "100ms"
+"#,
+            data = dir.join("data").display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        Agent {
+            dir,
+            config,
+            child: None,
+        }
     }
 
     /// Writes an agent config without enrolling or starting it.

@@ -1,0 +1,380 @@
+//! EKS clusters: observe, create (idempotent), update in place, delete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use aws_sdk_eks::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_eks::operation::RequestId;
+use aws_sdk_eks::types::{Cluster, ClusterStatus, VpcConfigRequest};
+use byoc_provider::{
+    CallContext, Observed, Outputs, ProviderError, ResourceSpec,
+    spec::{ClusterSpec, EndpointAccess, NetworkSpec},
+};
+
+use crate::AwsCloud;
+use crate::error::{self, Failed};
+
+/// EKS takes a client request token of at most 64 characters: the hex
+/// SHA-256 of the operation's idempotency key, truncated, is stable across
+/// retries and restarts of the same operation.
+fn request_token(key: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    hex::encode(&d.as_ref()[..24])
+}
+
+fn resource(name: &str) -> String {
+    format!("cluster/{name}")
+}
+
+impl AwsCloud {
+    /// Audits the call (before it is made), runs it, and reports its request id.
+    async fn call<T, E, F>(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        name: &str,
+        mutating: bool,
+        f: F,
+    ) -> Result<Result<T, SdkError<E, aws_sdk_eks::config::http::HttpResponse>>, ProviderError>
+    where
+        T: RequestId,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: std::future::Future<Output = Result<T, SdkError<E, aws_sdk_eks::config::http::HttpResponse>>>,
+    {
+        ctx.before_call(action, &resource(name), mutating).await?;
+        let r = f.await;
+        match &r {
+            Ok(out) => ctx.called(action, &resource(name), mutating, out.request_id().unwrap_or("-"), None),
+            Err(e) => {
+                let Failed { error, request_id } = error::map(action, e);
+                ctx.called(
+                    action,
+                    &resource(name),
+                    mutating,
+                    request_id.as_deref().unwrap_or("-"),
+                    Some(&error.to_string()),
+                );
+            }
+        }
+        Ok(r)
+    }
+
+    async fn describe(&self, ctx: &CallContext<'_>, name: &str) -> Result<Option<Cluster>, ProviderError> {
+        let action = "eks:DescribeCluster";
+        match self
+            .call(ctx, action, name, false, self.eks.describe_cluster().name(name).send())
+            .await?
+        {
+            Ok(out) => Ok(out.cluster),
+            Err(e) if error::is_not_found(&e) => Ok(None),
+            Err(e) => Err(error::map(action, &e).error),
+        }
+    }
+
+    /// The cluster as it is. Its subnets are part of the observed spec only
+    /// when the desired spec names subnets (otherwise they are the agent's
+    /// defaults, not a difference).
+    pub(crate) async fn observe_cluster(
+        &self,
+        ctx: &CallContext<'_>,
+        desired: &ClusterSpec,
+    ) -> Result<Option<Observed>, ProviderError> {
+        Ok(self.describe(ctx, &desired.name).await?.map(|c| {
+            let mut o = observed(&c);
+            if desired.network.is_none()
+                && let ResourceSpec::Cluster(s) = &mut o.spec
+            {
+                s.network = None;
+            }
+            o
+        }))
+    }
+
+    pub(crate) async fn apply_cluster(
+        &self,
+        ctx: &CallContext<'_>,
+        spec: &ClusterSpec,
+    ) -> Result<Outputs, ProviderError> {
+        let current = self.describe(ctx, &spec.name).await?;
+        let token = request_token(ctx.idempotency_key);
+        match current {
+            None => self.create(ctx, spec, &token).await?,
+            Some(c) if c.status == Some(ClusterStatus::Deleting) => {
+                return Err(ProviderError::Conflict {
+                    message: format!("cluster {} is being deleted; apply again once it is gone", spec.name),
+                });
+            }
+            Some(c) => self.update(ctx, spec, &c).await?,
+        }
+        self.wait_active(ctx, &spec.name).await
+    }
+
+    async fn create(&self, ctx: &CallContext<'_>, spec: &ClusterSpec, token: &str) -> Result<(), ProviderError> {
+        let subnets = match &spec.network {
+            Some(n) if !n.subnets.is_empty() => n.subnets.clone(),
+            _ => self.cfg.subnets.clone(),
+        };
+        if subnets.is_empty() {
+            return Err(ProviderError::invalid(
+                "network.subnets",
+                "no subnets: name them in the spec, or set provider.aws.subnets in agent.toml",
+            ));
+        }
+        let (public, private) = access(spec.endpoint_access);
+        let vpc = VpcConfigRequest::builder()
+            .set_subnet_ids(Some(subnets))
+            .set_security_group_ids(Some(self.cfg.security_groups.clone()))
+            .endpoint_public_access(public)
+            .endpoint_private_access(private)
+            .build();
+        let tags: HashMap<String, String> = spec.tags.clone().into_iter().collect();
+        let req = self
+            .eks
+            .create_cluster()
+            .name(&spec.name)
+            .version(&spec.kubernetes_version)
+            .role_arn(&self.cfg.cluster_role_arn)
+            .resources_vpc_config(vpc)
+            .set_tags((!tags.is_empty()).then_some(tags))
+            .client_request_token(token);
+        let action = "eks:CreateCluster";
+        match self.call(ctx, action, &spec.name, true, req.send()).await? {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let failed = error::map(action, &e);
+                if !matches!(failed.error, ProviderError::Conflict { .. }) {
+                    return Err(failed.error);
+                }
+                // Exists: ours if it carries this operation's token (a lost
+                // response, a restart); otherwise someone else's.
+                match self.describe(ctx, &spec.name).await? {
+                    Some(c) if c.client_request_token.as_deref() == Some(token) => Ok(()),
+                    _ => Err(ProviderError::Conflict {
+                        message: format!(
+                            "a cluster named {} exists that this operation did not create; choose another name or adopt it explicitly",
+                            spec.name
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// In place: version, endpoint access, tags. Subnets need a replacement,
+    /// which the executor refuses before this is reached.
+    async fn update(&self, ctx: &CallContext<'_>, spec: &ClusterSpec, c: &Cluster) -> Result<(), ProviderError> {
+        let now = observed_spec(c);
+        if now.endpoint_access != spec.endpoint_access {
+            let (public, private) = access(spec.endpoint_access);
+            let current = c.resources_vpc_config.as_ref();
+            // The whole VPC config, not just the flags: some implementations
+            // replace it as a whole.
+            let vpc = VpcConfigRequest::builder()
+                .set_subnet_ids(current.map(|v| v.subnet_ids().to_vec()))
+                .set_security_group_ids(current.map(|v| v.security_group_ids().to_vec()))
+                .endpoint_public_access(public)
+                .endpoint_private_access(private)
+                .build();
+            let req = self
+                .eks
+                .update_cluster_config()
+                .name(&spec.name)
+                .resources_vpc_config(vpc);
+            let action = "eks:UpdateClusterConfig";
+            self.call(ctx, action, &spec.name, true, req.send())
+                .await?
+                .map_err(|e| error::map(action, &e).error)?;
+        }
+        if now.kubernetes_version != spec.kubernetes_version {
+            let req = self
+                .eks
+                .update_cluster_version()
+                .name(&spec.name)
+                .version(&spec.kubernetes_version);
+            let action = "eks:UpdateClusterVersion";
+            self.call(ctx, action, &spec.name, true, req.send())
+                .await?
+                .map_err(|e| error::map(action, &e).error)?;
+        }
+        let added: HashMap<String, String> = spec
+            .tags
+            .iter()
+            .filter(|(k, v)| now.tags.get(*k) != Some(v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !added.is_empty() {
+            let arn = c.arn.clone().unwrap_or_default();
+            let req = self.eks.tag_resource().resource_arn(arn).set_tags(Some(added));
+            let action = "eks:TagResource";
+            self.call(ctx, action, &spec.name, true, req.send())
+                .await?
+                .map_err(|e| error::map(action, &e).error)?;
+        }
+        let removed: Vec<String> = now
+            .tags
+            .keys()
+            .filter(|k| !spec.tags.contains_key(*k))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            let arn = c.arn.clone().unwrap_or_default();
+            let req = self.eks.untag_resource().resource_arn(arn).set_tag_keys(Some(removed));
+            let action = "eks:UntagResource";
+            self.call(ctx, action, &spec.name, true, req.send())
+                .await?
+                .map_err(|e| error::map(action, &e).error)?;
+        }
+        Ok(())
+    }
+
+    async fn wait_active(&self, ctx: &CallContext<'_>, name: &str) -> Result<Outputs, ProviderError> {
+        let start = Instant::now();
+        loop {
+            let Some(c) = self.describe(ctx, name).await? else {
+                return Err(ProviderError::NotFound {
+                    what: format!("cluster {name} disappeared while it was being created"),
+                });
+            };
+            match c.status {
+                Some(ClusterStatus::Active) => {
+                    ctx.hooks
+                        .progress("active", &format!("cluster {name} is ACTIVE"), Some(100));
+                    return Ok(observed(&c).outputs);
+                }
+                Some(ClusterStatus::Failed) => {
+                    return Err(ProviderError::Conflict {
+                        message: format!("EKS reports cluster {name} as FAILED"),
+                    });
+                }
+                ref s => {
+                    let s = s.as_ref().map_or("UNKNOWN", |s| s.as_str());
+                    ctx.hooks
+                        .progress(&s.to_ascii_lowercase(), &format!("cluster {name} is {s}"), None);
+                }
+            }
+            if start.elapsed() > self.cfg.wait_timeout {
+                return Err(ProviderError::Transient {
+                    message: format!("cluster {name} is not ACTIVE after {:?}", self.cfg.wait_timeout),
+                });
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
+        }
+    }
+
+    pub(crate) async fn delete_cluster(&self, ctx: &CallContext<'_>, name: &str) -> Result<Outputs, ProviderError> {
+        let Some(c) = self.describe(ctx, name).await? else {
+            return Ok(gone(name));
+        };
+        if c.status != Some(ClusterStatus::Deleting) {
+            let list = "eks:ListNodegroups";
+            let groups = self
+                .call(
+                    ctx,
+                    list,
+                    name,
+                    false,
+                    self.eks.list_nodegroups().cluster_name(name).send(),
+                )
+                .await?
+                .map_err(|e| error::map(list, &e).error)?;
+            if !groups.nodegroups().is_empty() {
+                return Err(ProviderError::Conflict {
+                    message: format!(
+                        "cluster {name} still has node groups ({}): delete them first",
+                        groups.nodegroups().join(", ")
+                    ),
+                });
+            }
+            let action = "eks:DeleteCluster";
+            match self
+                .call(ctx, action, name, true, self.eks.delete_cluster().name(name).send())
+                .await?
+            {
+                Ok(_) => {}
+                Err(e) if error::is_not_found(&e) => return Ok(gone(name)),
+                Err(e) => return Err(error::map(action, &e).error),
+            }
+        }
+        let start = Instant::now();
+        while self.describe(ctx, name).await?.is_some() {
+            ctx.hooks
+                .progress("deleting", &format!("cluster {name} is being deleted"), None);
+            if start.elapsed() > self.cfg.wait_timeout {
+                return Err(ProviderError::Transient {
+                    message: format!("cluster {name} is still there after {:?}", self.cfg.wait_timeout),
+                });
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
+        }
+        Ok(gone(name))
+    }
+}
+
+fn access(a: EndpointAccess) -> (bool, bool) {
+    match a {
+        EndpointAccess::Private => (false, true),
+        EndpointAccess::Public => (true, false),
+        EndpointAccess::PublicAndPrivate => (true, true),
+    }
+}
+
+fn observed_spec(c: &Cluster) -> ClusterSpec {
+    let vpc = c.resources_vpc_config.as_ref();
+    let public = vpc.is_some_and(|v| v.endpoint_public_access);
+    let private = vpc.is_some_and(|v| v.endpoint_private_access);
+    let endpoint_access = match (public, private) {
+        (true, true) => EndpointAccess::PublicAndPrivate,
+        (true, false) => EndpointAccess::Public,
+        _ => EndpointAccess::Private,
+    };
+    let subnets: Vec<String> = vpc.map(|v| v.subnet_ids().to_vec()).unwrap_or_default();
+    ClusterSpec {
+        name: c.name.clone().unwrap_or_default(),
+        kubernetes_version: c.version.clone().unwrap_or_default(),
+        endpoint_access,
+        network: (!subnets.is_empty()).then(|| NetworkSpec {
+            vpc: vpc.and_then(|v| v.vpc_id.clone()),
+            subnets,
+        }),
+        tags: c
+            .tags
+            .as_ref()
+            .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn observed(c: &Cluster) -> Observed {
+    let mut endpoints = BTreeMap::new();
+    if let Some(e) = &c.endpoint {
+        endpoints.insert("api".to_string(), e.clone());
+    }
+    let mut attributes = BTreeMap::new();
+    attributes.insert("kind".to_string(), "cluster".to_string());
+    if let Some(v) = &c.version {
+        attributes.insert("kubernetes_version".to_string(), v.clone());
+    }
+    Observed {
+        spec: ResourceSpec::Cluster(observed_spec(c)),
+        outputs: Outputs {
+            resource_id: c.arn.clone().unwrap_or_default(),
+            status: c
+                .status
+                .as_ref()
+                .map_or("unknown".into(), |s| s.as_str().to_ascii_lowercase()),
+            endpoints,
+            secret_refs: BTreeMap::new(),
+            attributes,
+        },
+    }
+}
+
+fn gone(name: &str) -> Outputs {
+    Outputs {
+        resource_id: format!("cluster/{name}"),
+        status: "deleted".into(),
+        endpoints: BTreeMap::new(),
+        secret_refs: BTreeMap::new(),
+        attributes: BTreeMap::new(),
+    }
+}
