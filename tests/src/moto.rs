@@ -38,7 +38,8 @@ impl Moto {
     pub fn start(dir: &std::path::Path) -> Self {
         let log = dir.join("moto.log");
         let err = std::fs::File::create(&log).expect("moto log");
-        let child = Command::new(venv_bin("moto_server"))
+        let child = Command::new(venv_bin("python"))
+            .arg(repo().join("tests").join("moto").join("moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
             .stderr(err)
@@ -99,6 +100,13 @@ impl Moto {
     /// Forgets every resource.
     pub fn reset(&self) {
         assert_eq!(self.request("POST", "/moto-api/reset", "").0, 200, "moto reset");
+    }
+
+    /// Switches IAM enforcement on (every request must be signed by a known
+    /// key whose policies allow its action) or off.
+    pub fn enforce_iam(&self, on: bool) {
+        let (status, body) = self.request("POST", "/moto-api/reset-auth", if on { "0" } else { "inf" });
+        assert_eq!(status, 200, "moto reset-auth: {body}");
     }
 
     /// An independent look (boto3, not the agent's code): `tests/moto/aws.py`.

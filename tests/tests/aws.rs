@@ -124,3 +124,89 @@ fn an_eks_cluster_is_created_planned_left_alone_when_unchanged_and_deleted() {
     let v = agent.audit_verify();
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
 }
+
+#[test]
+fn deleting_a_cluster_with_node_groups_is_a_clear_conflict() {
+    let w = World::new();
+    let moto = Moto::start(&w.path("."));
+    let cp = w.control_plane();
+    let agent = start(&w, &cp, &moto);
+    let spec = json!({"name": "busy", "kubernetes_version": "1.31"});
+    assert!(
+        cp.watch(&cp.submit_json(&aws_op("apply", "cluster", spec.clone())))
+            .success
+    );
+    moto.aws(&["create-nodegroup", "busy", "workers"]);
+    let del = cp.submit_json(&aws_op("delete", "cluster", spec));
+    assert!(!cp.watch(&del).success);
+    let r = &cp.get(&del)["results"][0];
+    assert_eq!(r["problem"]["code"], "conflict", "{r}");
+    assert!(
+        r["problem"]["message"].as_str().is_some_and(|m| m.contains("workers")),
+        "the message names the node group: {r}"
+    );
+    assert_eq!(moto.aws(&["describe-cluster", "busy"])["status"], "ACTIVE");
+    assert!(mutating_calls(&agent, &del).is_empty());
+}
+
+/// The generated policy is enough, and without one of its actions the
+/// operation fails naming that action: moto enforcing IAM.
+#[test]
+fn the_generated_iam_policy_is_enough_and_a_missing_action_is_named() {
+    let w = World::new();
+    let moto = Moto::start(&w.path("."));
+    let cp = w.control_plane();
+    let mut agent = start(&w, &cp, &moto);
+    agent.stop();
+    let out = agent
+        .cli()
+        .args(["iam-policy", "--cloud", "aws"])
+        .output()
+        .expect("iam-policy");
+    assert!(out.status.success());
+    let policy: Value = serde_json::from_slice(&out.stdout).expect("policy json");
+    let full = moto.aws(&["create-user", "agent-full", &policy.to_string()]);
+    let mut less = policy.clone();
+    let actions = less["Statement"][0]["Action"].as_array_mut().expect("actions");
+    actions.retain(|a| a != "eks:CreateCluster");
+    let less_user = moto.aws(&["create-user", "agent-less", &less.to_string()]);
+
+    let creds = |u: &Value| -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), u["key"].as_str().expect("key").into()),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                u["secret"].as_str().expect("secret").into(),
+            ),
+            ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+        ]
+    };
+    let run_with = |agent: &mut Agent, c: &[(String, String)]| {
+        let env: Vec<(&str, &str)> = c.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        agent.start_with_env(&env);
+        agent.wait_connected(&cp);
+    };
+
+    moto.enforce_iam(true);
+    run_with(&mut agent, &creds(&full));
+    let spec = json!({"name": "least", "kubernetes_version": "1.31"});
+    let id = cp.submit_json(&aws_op("apply", "cluster", spec.clone()));
+    assert!(cp.watch(&id).success, "{}", agent.log());
+    let del = cp.submit_json(&aws_op("delete", "cluster", spec.clone()));
+    assert!(cp.watch(&del).success, "{}", agent.log());
+    agent.stop();
+
+    run_with(&mut agent, &creds(&less_user));
+    let id = cp.submit_json(&aws_op("apply", "cluster", spec));
+    assert!(!cp.watch(&id).success);
+    let r = &cp.get(&id)["results"][0];
+    assert_eq!(r["problem"]["code"], "permission_denied", "{r}");
+    assert!(
+        r["problem"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("eks:CreateCluster")),
+        "the missing action is named: {r}"
+    );
+    moto.enforce_iam(false);
+    assert_eq!(moto.aws(&["describe-cluster", "least"])["absent"], true);
+}
