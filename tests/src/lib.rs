@@ -43,6 +43,16 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// The executor and connection settings of every test agent: quick reconnects.
+const COMMON_AGENT_CONFIG: &str = r#"[executor]
+max_concurrent_operations = 16
+operation_deadline = "5m"
+[connection]
+min_backoff = "100ms"
+max_backoff = "1s"
+connect_timeout = "3s"
+"#;
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -132,14 +142,7 @@ impl World {
 cloud = "aws"
 account = "123456789012"
 region = "us-east-1"
-[executor]
-max_concurrent_operations = 16
-operation_deadline = "5m"
-[connection]
-min_backoff = "100ms"
-max_backoff = "1s"
-connect_timeout = "3s"
-[provider.aws]
+{common}[provider.aws]
 region = "us-east-1"
 cluster_role_arn = "arn:aws:iam::123456789012:role/byoc-eks-cluster"
 subnets = ["subnet-0a1b2c3d", "subnet-4e5f6a7b"]
@@ -148,6 +151,7 @@ endpoint_url = "{endpoint}"
 poll_interval = "100ms"
 "#,
             data = dir.join("data").display(),
+            common = COMMON_AGENT_CONFIG,
         );
         std::fs::write(&config, text).expect("write config");
         Agent {
@@ -168,14 +172,7 @@ poll_interval = "100ms"
 cloud = "sim"
 account = "acct-1"
 region = "sim-1"
-[executor]
-max_concurrent_operations = 16
-operation_deadline = "5m"
-[connection]
-min_backoff = "100ms"
-max_backoff = "1s"
-connect_timeout = "3s"
-[provider.sim]
+{common}[provider.sim]
 state_dir = "{sim}"
 create_delay = "{c}ms"
 update_delay = "{u}ms"
@@ -184,6 +181,7 @@ poll_interval = "20ms"
 "#,
             data = dir.join("data").display(),
             sim = dir.join("sim").display(),
+            common = COMMON_AGENT_CONFIG,
             c = delays.create.as_millis(),
             u = delays.update.as_millis(),
             d = delays.delete.as_millis(),
