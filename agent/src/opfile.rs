@@ -3,56 +3,17 @@
 //! `spec`, optional `target` and `idempotency_key`, or a plan: `target`, then
 //! `operations: [...]`).
 //!
-//! The agent reads only what the policy needs, and does not depend on the
-//! control plane's crate for it: the agent must build and ship without the
-//! vendor's reference control plane, and the format is small. The spec is
-//! decoded and validated by the same `ResourceSpec::from_json` as operations
-//! arriving over the wire.
+//! The document is read by `byoc_proto::opfile`, shared with the control plane
+//! (the agent must build and ship without the vendor's reference control
+//! plane, so not through its crate). The spec is decoded and validated by the
+//! same `ResourceSpec::from_json` as operations arriving over the wire.
 
 use std::path::Path;
 
+use byoc_proto::opfile;
 use byoc_provider::{ResourceKind, ResourceSpec};
-use serde::Deserialize;
 
 use crate::checks::Action;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TargetDoc {
-    #[allow(dead_code)]
-    cloud: String,
-    #[allow(dead_code)]
-    account: String,
-    region: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OpDoc {
-    action: String,
-    kind: String,
-    spec: serde_json::Value,
-    #[serde(default)]
-    target: Option<TargetDoc>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    idempotency_key: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlanDoc {
-    #[serde(default)]
-    target: Option<TargetDoc>,
-    operations: Vec<OpDoc>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Doc {
-    Plan(PlanDoc),
-    Single(OpDoc),
-}
 
 /// One operation of a file, decoded and validated.
 #[derive(Debug, Clone)]
@@ -65,16 +26,8 @@ pub struct FileOp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpFileError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "{path} is not an operation file (action, kind, spec, optional target; or target and operations): {message}"
-    )]
-    Format { path: String, message: String },
+    #[error(transparent)]
+    File(#[from] opfile::OpFileError),
     #[error("{path} operation {index}: {message}")]
     Invalid {
         path: String,
@@ -99,23 +52,7 @@ pub fn parse_kind(s: &str) -> Option<ResourceKind> {
 /// Reads `path` (JSON if it ends in `.json`, else YAML) into operations, in order.
 pub fn load(path: &Path) -> Result<Vec<FileOp>, OpFileError> {
     let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| OpFileError::Read {
-        path: name.clone(),
-        source,
-    })?;
-    let format = |message: String| OpFileError::Format {
-        path: name.clone(),
-        message,
-    };
-    let doc: Doc = if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text).map_err(|e| format(e.to_string()))?
-    } else {
-        serde_norway::from_str(&text).map_err(|e| format(e.to_string()))?
-    };
-    let (default_target, ops) = match doc {
-        Doc::Plan(p) => (p.target, p.operations),
-        Doc::Single(o) => (None, vec![o]),
-    };
+    let ops = opfile::read(path)?;
     ops.into_iter()
         .enumerate()
         .map(|(i, op)| {
@@ -133,7 +70,7 @@ pub fn load(path: &Path) -> Result<Vec<FileOp>, OpFileError> {
                 ))
             })?;
             let spec = ResourceSpec::from_json(kind, &op.spec.to_string()).map_err(|e| invalid(e.to_string()))?;
-            let region = op.target.as_ref().or(default_target.as_ref()).map(|t| t.region.clone());
+            let region = op.target.map(|t| t.region);
             Ok(FileOp { action, spec, region })
         })
         .collect()

@@ -6,6 +6,7 @@
 //! - [`record`]: messages kept inside JSON-lines records (base64 of the encoding).
 //! - [`transport`]: the TLS settings both ends share (TLS 1.3 only, aws-lc).
 
+pub mod opfile;
 pub mod record;
 pub mod signing;
 pub mod transport;
