@@ -88,19 +88,24 @@ impl<S: Sealer> Clone for Wal<S> {
     }
 }
 
+/// Opens `path` for reading and cutting a torn tail; None if it does not exist.
+fn open_existing(path: &Path) -> Result<Option<File>, WalError> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(WalError::Open {
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
 /// Reads the complete lines of `path` (missing file: none). A last line without
 /// its newline was never acknowledged to anyone (the crash came before the sync
 /// finished), so it is cut off the file and not returned.
 pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, WalError> {
-    let file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(WalError::Open {
-                path: path.into(),
-                source,
-            });
-        }
+    let Some(file) = open_existing(path)? else {
+        return Ok(Vec::new());
     };
     let read_err = |source| WalError::Read {
         path: path.into(),
@@ -143,15 +148,8 @@ pub fn tail_lines(path: &Path, from: impl Fn(&[u8]) -> bool) -> Result<Vec<Vec<u
         path: path.into(),
         source,
     };
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(WalError::Open {
-                path: path.into(),
-                source,
-            });
-        }
+    let Some(mut file) = open_existing(path)? else {
+        return Ok(Vec::new());
     };
     let len = file.metadata().map_err(read_err)?.len();
     let mut tail: Vec<u8> = Vec::new();
