@@ -134,8 +134,6 @@ impl World {
     /// without enrolling or starting it.
     pub fn aws_agent_config(&self, name: &str, endpoint: &str) -> Agent {
         let dir = self.path(name);
-        std::fs::create_dir_all(&dir).expect("agent dir");
-        let config = dir.join("agent.toml");
         let text = format!(
             r#"data_dir = "{data}"
 [target]
@@ -153,19 +151,12 @@ poll_interval = "100ms"
             data = dir.join("data").display(),
             common = COMMON_AGENT_CONFIG,
         );
-        std::fs::write(&config, text).expect("write config");
-        Agent {
-            dir,
-            config,
-            child: None,
-        }
+        Agent::configured(dir, &text)
     }
 
     /// Writes an agent config without enrolling or starting it.
     pub fn agent_config(&self, name: &str, delays: SimDelays) -> Agent {
         let dir = self.path(name);
-        std::fs::create_dir_all(&dir).expect("agent dir");
-        let config = dir.join("agent.toml");
         let text = format!(
             r#"data_dir = "{data}"
 [target]
@@ -186,12 +177,7 @@ poll_interval = "20ms"
             u = delays.update.as_millis(),
             d = delays.delete.as_millis(),
         );
-        std::fs::write(&config, text).expect("write config");
-        Agent {
-            dir,
-            config,
-            child: None,
-        }
+        Agent::configured(dir, &text)
     }
 }
 
@@ -365,6 +351,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent whose config `text` is written to `dir/agent.toml`.
+    fn configured(dir: PathBuf, text: &str) -> Self {
+        std::fs::create_dir_all(&dir).expect("agent dir");
+        let config = dir.join("agent.toml");
+        std::fs::write(&config, text).expect("write config");
+        Self {
+            dir,
+            config,
+            child: None,
+        }
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
