@@ -254,7 +254,8 @@ impl Agent {
     }
 
     /// Re-reads the policy file (SIGHUP). An invalid file is refused and the
-    /// policy in force stays; a valid one replaces it once its reload is recorded.
+    /// policy in force stays; a valid one replaces it, ordered after its
+    /// `policy.reloaded` record.
     pub async fn reload_policy(&self) {
         let Some(path) = &self.cfg.policy else {
             info!("SIGHUP: no policy file is configured (agent.toml `policy`); the default policy stays in force");
@@ -280,13 +281,26 @@ impl Agent {
                     None,
                     json!({ "path": path, "policy_sha256": new.sha256, "previous_sha256": old.sha256 }),
                 );
-                // No record, no change: the log must say which policy decided.
-                match self.audit.record(ev).await {
-                    Ok(_) => {
-                        info!(path = %path.display(), sha256 = %new.sha256, "policy reloaded");
-                        self.policy.replace(new);
+                // The reload is queued before the swap, so every decision the
+                // new policy makes lands after it in the log; and the swap is
+                // made before the record can be read, so whoever sees
+                // `policy.reloaded` sees the new policy decide. If the record
+                // cannot be made durable the log is poisoned and no operation
+                // runs under either policy (fail closed).
+                let sha256 = new.sha256.clone();
+                let pending = match self.audit.submit(ev) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        error!(error = %e, "cannot record the policy reload; the policy in force stays");
+                        return;
                     }
-                    Err(e) => error!(error = %e, "cannot record the policy reload; the policy in force stays"),
+                };
+                self.policy.replace(new);
+                match pending.await {
+                    Ok(_) => info!(path = %path.display(), %sha256, "policy reloaded"),
+                    Err(e) => {
+                        error!(error = %e, "the policy reload could not be made durable; the audit log refuses every operation until it is writable")
+                    }
                 }
             }
         }

@@ -411,10 +411,24 @@ impl AuditLog {
 
     /// Records `event` durably.
     pub async fn record(&self, event: Event) -> Result<Receipt, AuditError> {
-        let r = self.wal.append(Item::Event(event)).await?;
-        r.ok_or_else(|| AuditError::Io {
-            path: self.dir.display().to_string(),
-            reason: "the writer returned no receipt for an event".into(),
+        self.submit(event)?.await
+    }
+
+    /// Queues `event` now and returns a future that resolves once it is
+    /// durable. Between the two a caller can make a change that every later
+    /// entry must see (a policy swap): the change is ordered after the event in
+    /// the log, and no reader sees the event before the change is made.
+    pub fn submit(
+        &self,
+        event: Event,
+    ) -> Result<impl std::future::Future<Output = Result<Receipt, AuditError>> + Send + 'static, AuditError> {
+        let pending = self.wal.submit(Item::Event(event))?;
+        let dir = self.dir.display().to_string();
+        Ok(async move {
+            pending.await?.ok_or_else(|| AuditError::Io {
+                path: dir,
+                reason: "the writer returned no receipt for an event".into(),
+            })
         })
     }
 
