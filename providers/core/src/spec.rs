@@ -182,12 +182,23 @@ pub struct DatabaseSpec {
     pub version: String,
     pub size: DatabaseSize,
     pub storage_gb: u32,
+    /// Storage may grow by itself up to this size (GB); none: it does not.
+    /// Storage never shrinks: a smaller `storage_gb` than the database has is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_storage_gb: Option<u32>,
     #[serde(default)]
     pub high_availability: bool,
     #[serde(default)]
     pub backups: BackupSpec,
     #[serde(default = "default_true")]
     pub deletion_protection: bool,
+    /// Whether a delete first takes a final snapshot (kept after the database).
+    #[serde(default = "default_true")]
+    pub final_snapshot: bool,
+    /// Whether in-place changes apply now (`true`) or in the database's next
+    /// maintenance window (`false`, the default, as the clouds do).
+    #[serde(default)]
+    pub apply_immediately: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
 }

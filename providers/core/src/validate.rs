@@ -91,6 +91,17 @@ fn database(s: &DatabaseSpec) -> Result<(), ProviderError> {
             format!("{} is out of range: must be between 20 and 65536", s.storage_gb),
         ));
     }
+    if let Some(max) = s.max_storage_gb
+        && (max <= s.storage_gb || max > 65_536)
+    {
+        return Err(ProviderError::invalid(
+            "database.max_storage_gb",
+            format!(
+                "{max} is out of range: must be above storage_gb ({}) and at most 65536, or absent for no autoscaling",
+                s.storage_gb
+            ),
+        ));
+    }
     if s.backups.retention_days > 35 {
         return Err(ProviderError::invalid(
             "database.backups.retention_days",
