@@ -377,7 +377,12 @@ async fn provider(cfg: &Config) -> anyhow::Result<Arc<dyn Provider>> {
         ProviderConfig::Sim(sim) => {
             Arc::new(byoc_provider_sim::SimCloud::open(sim.clone()).context("opening the simulated cloud")?)
         }
-        ProviderConfig::Aws(aws) => Arc::new(byoc_provider_aws::AwsCloud::connect(aws.clone()).await),
+        ProviderConfig::Aws(aws) => Arc::new(
+            byoc_provider_aws::AwsCloud::connect(aws.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("setting up the AWS provider")?,
+        ),
     })
 }
 

@@ -132,8 +132,9 @@ impl World {
 
     /// Writes the config of an agent serving AWS through `endpoint` (moto),
     /// without enrolling or starting it.
-    pub fn aws_agent_config(&self, name: &str, endpoint: &str) -> Agent {
+    pub fn aws_agent_config(&self, name: &str, endpoint: &str, net: &serde_json::Value) -> Agent {
         let dir = self.path(name);
+        let list = |v: &serde_json::Value| serde_json::to_string(v).expect("json list");
         let text = format!(
             r#"data_dir = "{data}"
 [target]
@@ -143,13 +144,18 @@ region = "us-east-1"
 {common}[provider.aws]
 region = "us-east-1"
 cluster_role_arn = "arn:aws:iam::123456789012:role/byoc-eks-cluster"
-subnets = ["subnet-0a1b2c3d", "subnet-4e5f6a7b"]
-security_groups = ["sg-0123abcd"]
+node_role_arn = "arn:aws:iam::123456789012:role/byoc-eks-node"
+subnets = {subnets}
+security_groups = [{sg}]
+vpc_id = {vpc}
 endpoint_url = "{endpoint}"
 poll_interval = "100ms"
 "#,
             data = dir.join("data").display(),
             common = COMMON_AGENT_CONFIG,
+            subnets = list(&net["subnets"]),
+            sg = net["sg"],
+            vpc = net["vpc"],
         );
         Agent::configured(dir, &text)
     }

@@ -27,6 +27,28 @@ fn venv_bin(name: &str) -> PathBuf {
     p
 }
 
+/// A plain HTTP/1.1 request to a local test server; (status, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
 pub struct Moto {
     child: Child,
     pub port: u16,
@@ -77,24 +99,7 @@ impl Moto {
 
     /// A plain HTTP/1.1 request to moto's own API; (status, body).
     fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return (0, String::new());
-        };
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        if s.write_all(req.as_bytes()).is_err() {
-            return (0, String::new());
-        }
-        let mut resp = String::new();
-        let _ = s.read_to_string(&mut resp);
-        let status = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        http(self.port, method, path, body)
     }
 
     /// Forgets every resource.
@@ -123,6 +128,59 @@ impl Moto {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("aws.py json")
+    }
+}
+
+/// `tests/moto/fault_proxy.py` in front of moto: throttling, server errors,
+/// dropped connections, lost responses and slowness, in each service's wire
+/// shape, for the resilience tests.
+pub struct FaultProxy {
+    child: Child,
+    pub port: u16,
+}
+
+impl FaultProxy {
+    pub fn start(moto: &Moto) -> Self {
+        let mut child = Command::new(venv_bin("python"))
+            .arg(repo().join("tests").join("moto").join("fault_proxy.py"))
+            .arg(moto.port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start fault_proxy.py");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read port");
+        let port = line
+            .trim()
+            .strip_prefix("PROXY_PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("fault_proxy.py said {line:?}"));
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sets the faults: `{"cycle": [...]}` or `{"queue": [...]}` (see the script).
+    pub fn set(&self, faults: Value) {
+        let (status, body) = http(self.port, "POST", "/__faults", &faults.to_string());
+        assert_eq!(status, 200, "fault proxy: {body}");
+    }
+
+    /// Every request so far: `{"service", "action", "fault"}`.
+    pub fn log(&self) -> Vec<Value> {
+        let (status, body) = http(self.port, "GET", "/__log", "");
+        assert_eq!(status, 200, "fault proxy: {body}");
+        serde_json::from_str(&body).expect("fault proxy log")
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -3,66 +3,30 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use aws_sdk_eks::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_eks::operation::RequestId;
 use aws_sdk_eks::types::{Cluster, ClusterStatus, VpcConfigRequest};
 use byoc_provider::{
     CallContext, Observed, Outputs, ProviderError, ResourceSpec,
     spec::{ClusterSpec, EndpointAccess, NetworkSpec},
 };
 
-use crate::AwsCloud;
-use crate::error::{self, Failed};
-
-/// EKS takes a client request token of at most 64 characters: the hex
-/// SHA-256 of the operation's idempotency key, truncated, is stable across
-/// retries and restarts of the same operation.
-fn request_token(key: &str) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
-    hex::encode(&d.as_ref()[..24])
-}
+use crate::error;
+use crate::{AwsCloud, request_token};
 
 fn resource(name: &str) -> String {
     format!("cluster/{name}")
 }
 
 impl AwsCloud {
-    /// Audits the call (before it is made), runs it, and reports its request id.
-    async fn call<T, E, F>(
-        &self,
-        ctx: &CallContext<'_>,
-        action: &str,
-        name: &str,
-        mutating: bool,
-        f: F,
-    ) -> Result<Result<T, SdkError<E, aws_sdk_eks::config::http::HttpResponse>>, ProviderError>
-    where
-        T: RequestId,
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        F: std::future::Future<Output = Result<T, SdkError<E, aws_sdk_eks::config::http::HttpResponse>>>,
-    {
-        ctx.before_call(action, &resource(name), mutating).await?;
-        let r = f.await;
-        match &r {
-            Ok(out) => ctx.called(action, &resource(name), mutating, out.request_id().unwrap_or("-"), None),
-            Err(e) => {
-                let Failed { error, request_id } = error::map(action, e);
-                ctx.called(
-                    action,
-                    &resource(name),
-                    mutating,
-                    request_id.as_deref().unwrap_or("-"),
-                    Some(&error.to_string()),
-                );
-            }
-        }
-        Ok(r)
-    }
-
-    async fn describe(&self, ctx: &CallContext<'_>, name: &str) -> Result<Option<Cluster>, ProviderError> {
+    pub(crate) async fn describe(&self, ctx: &CallContext<'_>, name: &str) -> Result<Option<Cluster>, ProviderError> {
         let action = "eks:DescribeCluster";
         match self
-            .call(ctx, action, name, false, self.eks.describe_cluster().name(name).send())
+            .call(
+                ctx,
+                action,
+                &resource(name),
+                false,
+                self.eks.describe_cluster().name(name).send(),
+            )
             .await?
         {
             Ok(out) => Ok(out.cluster),
@@ -138,7 +102,7 @@ impl AwsCloud {
             .set_tags((!tags.is_empty()).then_some(tags))
             .client_request_token(token);
         let action = "eks:CreateCluster";
-        match self.call(ctx, action, &spec.name, true, req.send()).await? {
+        match self.call(ctx, action, &resource(&spec.name), true, req.send()).await? {
             Ok(_) => Ok(()),
             Err(e) => {
                 let failed = error::map(action, &e);
@@ -181,7 +145,7 @@ impl AwsCloud {
                 .name(&spec.name)
                 .resources_vpc_config(vpc);
             let action = "eks:UpdateClusterConfig";
-            self.call(ctx, action, &spec.name, true, req.send())
+            self.call(ctx, action, &resource(&spec.name), true, req.send())
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
         }
@@ -192,7 +156,7 @@ impl AwsCloud {
                 .name(&spec.name)
                 .version(&spec.kubernetes_version);
             let action = "eks:UpdateClusterVersion";
-            self.call(ctx, action, &spec.name, true, req.send())
+            self.call(ctx, action, &resource(&spec.name), true, req.send())
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
         }
@@ -206,7 +170,7 @@ impl AwsCloud {
             let arn = c.arn.clone().unwrap_or_default();
             let req = self.eks.tag_resource().resource_arn(arn).set_tags(Some(added));
             let action = "eks:TagResource";
-            self.call(ctx, action, &spec.name, true, req.send())
+            self.call(ctx, action, &resource(&spec.name), true, req.send())
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
         }
@@ -220,7 +184,7 @@ impl AwsCloud {
             let arn = c.arn.clone().unwrap_or_default();
             let req = self.eks.untag_resource().resource_arn(arn).set_tag_keys(Some(removed));
             let action = "eks:UntagResource";
-            self.call(ctx, action, &spec.name, true, req.send())
+            self.call(ctx, action, &resource(&spec.name), true, req.send())
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
         }
@@ -271,7 +235,7 @@ impl AwsCloud {
                 .call(
                     ctx,
                     list,
-                    name,
+                    &resource(name),
                     false,
                     self.eks.list_nodegroups().cluster_name(name).send(),
                 )
@@ -287,7 +251,13 @@ impl AwsCloud {
             }
             let action = "eks:DeleteCluster";
             match self
-                .call(ctx, action, name, true, self.eks.delete_cluster().name(name).send())
+                .call(
+                    ctx,
+                    action,
+                    &resource(name),
+                    true,
+                    self.eks.delete_cluster().name(name).send(),
+                )
                 .await?
             {
                 Ok(_) => {}

@@ -24,21 +24,61 @@ const THROTTLING: &[&str] = &[
     "EC2ThrottledException",
 ];
 
-const DENIED: &[&str] = &[
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnauthorizedOperation",
-    "UnrecognizedClientException",
+const DENIED: &[&str] = &["AccessDenied", "AccessDeniedException", "UnauthorizedOperation"];
+
+/// Codes saying the credentials or the signature were not accepted.
+const CREDENTIALS: &[&str] = &[
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidSignatureException",
+    "RequestExpired",
+    "ExpiredToken",
+    "ExpiredTokenException",
     "InvalidClientTokenId",
+    "UnrecognizedClientException",
     "AuthFailure",
 ];
+
+/// The text of the first `<name>` element of an XML error body ("" if none).
+fn xml_field(body: &str, name: &str) -> String {
+    let open = format!("<{name}>");
+    body.split_once(&open)
+        .and_then(|(_, rest)| rest.split_once(&format!("</{name}>")))
+        .map(|(v, _)| v.trim().to_string())
+        .unwrap_or_default()
+}
 
 const QUOTA: &[&str] = &[
     "LimitExceededException",
     "ResourceLimitExceededException",
     "ServiceQuotaExceededException",
     "InstanceQuotaExceeded",
+    "StorageQuotaExceeded",
+    "DBSubnetGroupQuotaExceeded",
+    "SnapshotQuotaExceeded",
+    "LaunchTemplateLimitExceeded",
+    "RulesPerSecurityGroupLimitExceeded",
+    "SecurityGroupLimitExceeded",
 ];
+
+/// The HTTP response type every service client of the SDK shares.
+pub type Response = aws_sdk_eks::config::http::HttpResponse;
+
+/// A code saying the resource does not exist, in each service's dialect
+/// (EKS `ResourceNotFoundException`, RDS `DBInstanceNotFound`, EC2
+/// `InvalidLaunchTemplateName.NotFoundException`, `InvalidGroup.NotFound`).
+fn is_not_found_code(code: &str) -> bool {
+    code == "ResourceNotFoundException"
+        || code.ends_with("NotFound")
+        || code.ends_with("NotFoundFault")
+        || code.ends_with(".NotFoundException")
+}
+
+/// A code saying the resource already exists (a create retried after a lost
+/// response, or a name someone else holds).
+pub fn is_exists_code(code: &str) -> bool {
+    code == "ResourceInUseException" || code.contains("AlreadyExists") || code.ends_with(".Duplicate")
+}
 
 /// What a failed call says, with its request id.
 pub struct Failed {
@@ -47,17 +87,27 @@ pub struct Failed {
 }
 
 /// Maps `e`, from a call of IAM action `action` (e.g. `eks:CreateCluster`).
-pub fn map<E>(action: &str, e: &SdkError<E, aws_sdk_eks::config::http::HttpResponse>) -> Failed
+pub fn map<E>(action: &str, e: &SdkError<E, Response>) -> Failed
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
     let request_id = e.request_id().map(str::to_string);
     let error = match e {
         SdkError::ServiceError(ctx) => {
-            let code = ctx.err().code().unwrap_or_default();
-            let message = ctx.err().message().unwrap_or_default().to_string();
             let status = ctx.raw().status().as_u16();
-            classify(action, code, &message, status)
+            // A body the SDK could not parse for this protocol (an XML error
+            // on a JSON API) still names the code.
+            let body = ctx
+                .raw()
+                .body()
+                .bytes()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let (code, message) = match ctx.err().code() {
+                Some(code) => (code.to_string(), ctx.err().message().unwrap_or_default().to_string()),
+                None => (xml_field(&body, "Code"), xml_field(&body, "Message")),
+            };
+            classify(action, &code, &message, status)
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             ProviderError::Transient {
@@ -76,23 +126,42 @@ where
 pub fn classify(action: &str, code: &str, message: &str, status: u16) -> ProviderError {
     if THROTTLING.contains(&code) || status == 429 {
         ProviderError::Throttled { retry_after: None }
+    } else if CREDENTIALS.contains(&code) {
+        // Not a missing permission: the request was not accepted as signed
+        // by valid credentials (a wrong or expired key, a skewed clock).
+        ProviderError::PermissionDenied {
+            permission: format!("{action} (AWS did not accept the credentials: {code}: {message})"),
+        }
     } else if DENIED.contains(&code) || status == 403 {
         ProviderError::PermissionDenied {
             permission: action.to_string(),
         }
-    } else if QUOTA.contains(&code) {
+    } else if QUOTA.contains(&code) || code.ends_with("QuotaExceeded") || code.ends_with("QuotaExceededFault") {
         ProviderError::QuotaExceeded {
             quota: format!("{action}: {message}"),
         }
-    } else if code == "ResourceInUseException" || status == 409 {
+    } else if is_exists_code(code)
+        || code.starts_with("InvalidDBInstanceState")
+        || code == "InvalidParameterCombination" && message.contains("protected")
+        || code == "DependencyViolation"
+        || status == 409
+    {
         ProviderError::Conflict {
             message: format!("{action}: {message}"),
         }
-    } else if code == "ResourceNotFoundException" || status == 404 {
+    } else if is_not_found_code(code) || status == 404 {
         ProviderError::NotFound {
             what: format!("{action}: {message}"),
         }
-    } else if code == "InvalidParameterException" || code == "InvalidRequestException" {
+    } else if matches!(
+        code,
+        "InvalidParameterException"
+            | "InvalidRequestException"
+            | "InvalidParameterValue"
+            | "InvalidParameterCombination"
+            | "InvalidInstanceType"
+            | "InvalidSubnet"
+    ) {
         ProviderError::invalid("spec", format!("{action}: {message}"))
     } else if status >= 500 {
         ProviderError::Transient {
@@ -106,13 +175,26 @@ pub fn classify(action: &str, code: &str, message: &str, status: u16) -> Provide
 }
 
 /// Whether `e` says the resource does not exist.
-pub fn is_not_found<E>(e: &SdkError<E, aws_sdk_eks::config::http::HttpResponse>) -> bool
+pub fn is_not_found<E>(e: &SdkError<E, Response>) -> bool
 where
     E: ProvideErrorMetadata,
 {
     match e {
         SdkError::ServiceError(ctx) => {
-            ctx.err().code() == Some("ResourceNotFoundException") || ctx.raw().status().as_u16() == 404
+            ctx.err().code().is_some_and(is_not_found_code) || ctx.raw().status().as_u16() == 404
+        }
+        _ => false,
+    }
+}
+
+/// Whether `e` says the resource already exists.
+pub fn is_exists<E>(e: &SdkError<E, Response>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match e {
+        SdkError::ServiceError(ctx) => {
+            ctx.err().code().is_some_and(is_exists_code) || ctx.raw().status().as_u16() == 409
         }
         _ => false,
     }
@@ -161,6 +243,59 @@ mod tests {
         assert_eq!(classify("eks:CreateCluster", "", "", 503).code(), "transient");
         assert_eq!(
             classify("eks:CreateCluster", "InvalidParameterException", "bad", 400).code(),
+            "invalid_spec"
+        );
+        // Credentials, not permissions.
+        let e = classify(
+            "rds:CreateDBSubnetGroup",
+            "SignatureDoesNotMatch",
+            "the signature differs",
+            403,
+        );
+        assert_eq!(e.code(), "permission_denied");
+        assert!(e.to_string().contains("did not accept the credentials"), "{e}");
+        assert_eq!(
+            xml_field(
+                "<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>no</Message></Error></Errors></ErrorResponse>",
+                "Code"
+            ),
+            "AccessDenied"
+        );
+        // RDS and EC2 dialects.
+        assert_eq!(
+            classify("rds:DescribeDBInstances", "DBInstanceNotFound", "x", 404).code(),
+            "not_found"
+        );
+        assert_eq!(
+            classify(
+                "ec2:DescribeLaunchTemplates",
+                "InvalidLaunchTemplateName.NotFoundException",
+                "x",
+                400
+            )
+            .code(),
+            "not_found"
+        );
+        assert_eq!(
+            classify("rds:CreateDBInstance", "DBInstanceAlreadyExists", "x", 400).code(),
+            "conflict"
+        );
+        assert_eq!(
+            classify("rds:CreateDBInstance", "StorageQuotaExceeded", "x", 400).code(),
+            "quota_exceeded"
+        );
+        assert_eq!(
+            classify(
+                "rds:DeleteDBInstance",
+                "InvalidParameterCombination",
+                "Cannot delete protected DB Instance",
+                400
+            )
+            .code(),
+            "conflict"
+        );
+        assert_eq!(
+            classify("rds:CreateDBInstance", "InvalidParameterValue", "bad", 400).code(),
             "invalid_spec"
         );
     }

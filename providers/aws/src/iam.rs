@@ -4,8 +4,19 @@
 use serde_json::{Value, json};
 
 /// The IAM actions the provider calls for `kind` and `action` (plan, apply,
-/// delete). Empty for kinds the provider does not manage yet.
+/// delete), and those AWS checks on the caller for what the call does on its
+/// behalf (passing a role, creating the RDS-managed secret, tagging on create).
 pub fn actions(kind: &str, action: &str) -> Vec<&'static str> {
+    let nodegroup_apply = [
+        "eks:DescribeCluster",
+        "eks:DescribeNodegroup",
+        "eks:CreateNodegroup",
+        "eks:UpdateNodegroupConfig",
+        "eks:TagResource",
+        "eks:UntagResource",
+        // EKS passes the node role to EC2.
+        "iam:PassRole",
+    ];
     let mut v: Vec<&'static str> = match (kind, action) {
         ("cluster", "plan") => vec!["eks:DescribeCluster"],
         ("cluster", "apply") => vec![
@@ -19,6 +30,54 @@ pub fn actions(kind: &str, action: &str) -> Vec<&'static str> {
             "iam:PassRole",
         ],
         ("cluster", "delete") => vec!["eks:DescribeCluster", "eks:ListNodegroups", "eks:DeleteCluster"],
+        ("node_pool" | "sandbox", "plan") => vec!["eks:DescribeNodegroup"],
+        ("node_pool", "apply") => nodegroup_apply.to_vec(),
+        ("node_pool", "delete") => vec!["eks:DescribeNodegroup", "eks:DeleteNodegroup"],
+        ("sandbox", "apply") => {
+            let mut v = nodegroup_apply.to_vec();
+            v.extend([
+                "ec2:DescribeInstanceTypes",
+                "ec2:DescribeLaunchTemplates",
+                "ec2:CreateLaunchTemplate",
+                // EKS reads the template's version when it makes the group.
+                "ec2:DescribeLaunchTemplateVersions",
+                // Tags given at create (TagSpecifications).
+                "ec2:CreateTags",
+            ]);
+            v
+        }
+        ("sandbox", "delete") => vec![
+            "eks:DescribeNodegroup",
+            "eks:DeleteNodegroup",
+            "ec2:DescribeLaunchTemplates",
+            "ec2:DeleteLaunchTemplate",
+        ],
+        ("database", "plan") => vec!["rds:DescribeDBInstances"],
+        ("database", "apply") => vec![
+            "rds:DescribeDBInstances",
+            "rds:CreateDBInstance",
+            "rds:ModifyDBInstance",
+            "rds:AddTagsToResource",
+            "rds:RemoveTagsFromResource",
+            "rds:DescribeDBSubnetGroups",
+            "rds:CreateDBSubnetGroup",
+            "ec2:DescribeSecurityGroups",
+            "ec2:CreateSecurityGroup",
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:CreateTags",
+            // RDS creates the master password's secret as the caller.
+            "secretsmanager:CreateSecret",
+            "secretsmanager:TagResource",
+        ],
+        ("database", "delete") => vec![
+            "rds:DescribeDBInstances",
+            "rds:DeleteDBInstance",
+            // The final snapshot is made as the caller.
+            "rds:CreateDBSnapshot",
+            "rds:DeleteDBSubnetGroup",
+            "ec2:DescribeSecurityGroups",
+            "ec2:DeleteSecurityGroup",
+        ],
         _ => vec![],
     };
     v.sort_unstable();
@@ -27,7 +86,7 @@ pub fn actions(kind: &str, action: &str) -> Vec<&'static str> {
 }
 
 /// Every kind the provider manages.
-pub const KINDS: &[&str] = &["cluster"];
+pub const KINDS: &[&str] = &["cluster", "node_pool", "sandbox", "database"];
 
 /// The policy document allowing exactly what `kinds` need for every action.
 pub fn policy(kinds: &[&str]) -> Value {

@@ -3,21 +3,29 @@
 //! profile, IRSA web identity, EKS Pod Identity, instance profile); the
 //! endpoint can be overridden in the agent's config for emulators only.
 //!
-//! Kinds: `cluster` (EKS). Node pools, sandbox pools and databases are refused
-//! as `unsupported` until they land (issue 4). The SDK's standard retry owns
-//! per-call retries; an error that still surfaces is mapped onto the provider
-//! error taxonomy ([`error`]), and every call's AWS request id reaches the
-//! audit log through [`CallContext::called`].
+//! Kinds: `cluster` (EKS, [`eks`]), `node_pool` (EKS managed node groups) and
+//! `sandbox` (a dedicated managed node group whose launch template installs
+//! gVisor or Kata; [`nodegroup`], [`sandbox`]), `database` (RDS PostgreSQL and
+//! MySQL, [`rds`]). The SDK's standard retry owns per-call retries; an error
+//! that still surfaces is mapped onto the provider error taxonomy ([`error`]),
+//! and every call's AWS request id reaches the audit log through
+//! [`CallContext::called`].
 
 mod eks;
 pub mod error;
 pub mod iam;
+mod nodegroup;
+mod rds;
+pub mod sandbox;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region};
+use aws_sdk_eks::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_eks::operation::RequestId;
 use byoc_provider::{CallContext, Observed, Outputs, Provider, ProviderError, ResourceSpec};
+use error::Response;
 use serde::Deserialize;
 
 /// `[provider.aws]` in agent.toml.
@@ -33,9 +41,20 @@ pub struct AwsConfig {
     /// private subnets).
     #[serde(default)]
     pub subnets: Vec<String>,
-    /// Security groups attached to every cluster's control plane ENIs.
+    /// Security groups attached to every cluster's control plane ENIs; they
+    /// are also the only sources a database's security group lets in.
     #[serde(default)]
     pub security_groups: Vec<String>,
+    /// The IAM role of the nodes of the node groups and sandbox pools the
+    /// agent creates (made by the install module).
+    #[serde(default)]
+    pub node_role_arn: Option<String>,
+    /// The VPC databases' security groups are made in.
+    #[serde(default)]
+    pub vpc_id: Option<String>,
+    /// Private subnets for databases' DB subnet groups; `subnets` when empty.
+    #[serde(default)]
+    pub database_subnets: Vec<String>,
     /// Only for emulators (moto): every AWS API is reached at this URL.
     #[serde(default)]
     pub endpoint_url: Option<String>,
@@ -54,34 +73,167 @@ fn default_wait() -> Duration {
     Duration::from_secs(40 * 60)
 }
 
+impl AwsConfig {
+    /// The node role, or an error naming the setting.
+    fn node_role(&self) -> Result<&str, ProviderError> {
+        self.node_role_arn.as_deref().ok_or_else(|| {
+            ProviderError::invalid(
+                "provider.aws.node_role_arn",
+                "node groups and sandbox pools need the nodes' IAM role: set provider.aws.node_role_arn in agent.toml (the install module outputs it)",
+            )
+        })
+    }
+}
+
+/// Environment variables through which the SDK would take an endpoint other
+/// than AWS's. The agent refuses to start with any of them set: the endpoint
+/// is overridable in agent.toml only, for emulators, so that nobody can point
+/// the agent's credentials at another server through its environment.
+pub const ENDPOINT_ENV: &[&str] = &["AWS_ENDPOINT_URL"];
+
+/// The first endpoint-overriding variable set in `vars` (the process
+/// environment), e.g. `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_EKS`.
+pub fn endpoint_override_in_env(vars: impl IntoIterator<Item = (String, String)>) -> Option<String> {
+    vars.into_iter()
+        .map(|(k, _)| k)
+        .find(|k| ENDPOINT_ENV.iter().any(|p| k == p || k.starts_with(&format!("{p}_"))))
+}
+
+/// Tag key (and EKS label) the agent puts on what it creates, holding the
+/// creating operation's request token: a create retried after a lost
+/// response or a restart adopts a resource only if it carries the token.
+/// Not part of any observed spec.
+pub(crate) const TOKEN_TAG: &str = "byoc:create-token";
+
 /// The AWS cloud, as the executor sees it.
 pub struct AwsCloud {
     cfg: AwsConfig,
     eks: aws_sdk_eks::Client,
+    ec2: aws_sdk_ec2::Client,
+    rds: aws_sdk_rds::Client,
 }
 
 impl AwsCloud {
-    /// Builds the SDK clients from the standard credential chain.
-    pub async fn connect(cfg: AwsConfig) -> Self {
+    /// Builds the SDK clients from the standard credential chain. Refuses an
+    /// endpoint that agent.toml did not set (an `AWS_ENDPOINT_URL*` variable,
+    /// a profile's `endpoint_url`): the agent's credentials go to AWS, or to
+    /// the emulator its own config names, and nowhere else.
+    pub async fn connect(cfg: AwsConfig) -> Result<Self, String> {
+        if let Some(var) = endpoint_override_in_env(std::env::vars()) {
+            return Err(format!(
+                "{var} is set: the AWS endpoint can be overridden only by provider.aws.endpoint_url in agent.toml (for emulators); unset {var}"
+            ));
+        }
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let Some(url) = &cfg.endpoint_url {
             loader = loader.endpoint_url(url);
         }
         let sdk = loader.load().await;
-        Self {
+        if sdk.endpoint_url() != cfg.endpoint_url.as_deref() {
+            return Err(format!(
+                "the AWS configuration (profile {}) sets endpoint_url {:?}: the endpoint can be overridden only by provider.aws.endpoint_url in agent.toml; remove it from the profile",
+                std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()),
+                sdk.endpoint_url().unwrap_or_default()
+            ));
+        }
+        Ok(Self {
             eks: aws_sdk_eks::Client::new(&sdk),
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            rds: aws_sdk_rds::Client::new(&sdk),
             cfg,
+        })
+    }
+
+    /// Audits the call (before it is made: no record, no call), runs it, and
+    /// reports its request id and outcome.
+    async fn call<T, E, F>(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        resource: &str,
+        mutating: bool,
+        f: F,
+    ) -> Result<Result<T, SdkError<E, Response>>, ProviderError>
+    where
+        T: RequestId,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: std::future::Future<Output = Result<T, SdkError<E, Response>>>,
+    {
+        ctx.before_call(action, resource, mutating).await?;
+        let r = f.await;
+        match &r {
+            Ok(out) => ctx.called(action, resource, mutating, out.request_id().unwrap_or("-"), None),
+            Err(e) => {
+                let error::Failed { error, request_id } = error::map(action, e);
+                ctx.called(
+                    action,
+                    resource,
+                    mutating,
+                    request_id.as_deref().unwrap_or("-"),
+                    Some(&error.to_string()),
+                );
+            }
+        }
+        Ok(r)
+    }
+
+    /// [`call`](Self::call), with any error mapped onto the taxonomy.
+    async fn must<T, E, F>(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        resource: &str,
+        mutating: bool,
+        f: F,
+    ) -> Result<T, ProviderError>
+    where
+        T: RequestId,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: std::future::Future<Output = Result<T, SdkError<E, Response>>>,
+    {
+        self.call(ctx, action, resource, mutating, f)
+            .await?
+            .map_err(|e| error::map(action, &e).error)
+    }
+
+    /// Polls `probe` until it says done (`Some`), reporting progress, within
+    /// the configured wait.
+    async fn wait_for<T, F, Fut>(&self, what: &str, mut probe: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, ProviderError>>,
+    {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(done) = probe().await? {
+                return Ok(done);
+            }
+            if start.elapsed() > self.cfg.wait_timeout {
+                return Err(ProviderError::Transient {
+                    message: format!("{what} after {:?}", self.cfg.wait_timeout),
+                });
+            }
+            tokio::time::sleep(self.cfg.poll_interval).await;
         }
     }
 }
 
-fn unsupported(spec: &ResourceSpec) -> ProviderError {
-    ProviderError::Unsupported {
-        message: format!(
-            "the AWS provider does not manage {} resources yet (clusters only)",
-            spec.kind().as_str()
-        ),
-    }
+/// The request token of an operation: the hex SHA-256 of its idempotency key,
+/// truncated to 48 characters (EKS and EC2 take at most 64). Stable across
+/// retries and restarts of the same operation.
+pub(crate) fn request_token(key: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes());
+    hex::encode(&d.as_ref()[..24])
+}
+
+/// User tags, without the agent's own token tag.
+pub(crate) fn user_tags<'a>(
+    tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> std::collections::BTreeMap<String, String> {
+    tags.into_iter()
+        .filter(|(k, _)| k.as_str() != TOKEN_TAG)
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[async_trait]
@@ -93,21 +245,27 @@ impl Provider for AwsCloud {
     async fn observe(&self, ctx: &CallContext<'_>, spec: &ResourceSpec) -> Result<Option<Observed>, ProviderError> {
         match spec {
             ResourceSpec::Cluster(c) => self.observe_cluster(ctx, c).await,
-            _ => Err(unsupported(spec)),
+            ResourceSpec::NodePool(p) => self.observe_node_pool(ctx, p).await,
+            ResourceSpec::Sandbox(s) => self.observe_sandbox(ctx, s).await,
+            ResourceSpec::Database(d) => self.observe_database(ctx, d).await,
         }
     }
 
     async fn apply(&self, ctx: &CallContext<'_>, spec: &ResourceSpec) -> Result<Outputs, ProviderError> {
         match spec {
             ResourceSpec::Cluster(c) => self.apply_cluster(ctx, c).await,
-            _ => Err(unsupported(spec)),
+            ResourceSpec::NodePool(p) => self.apply_node_pool(ctx, p).await,
+            ResourceSpec::Sandbox(s) => self.apply_sandbox(ctx, s).await,
+            ResourceSpec::Database(d) => self.apply_database(ctx, d).await,
         }
     }
 
     async fn delete(&self, ctx: &CallContext<'_>, spec: &ResourceSpec) -> Result<Outputs, ProviderError> {
         match spec {
             ResourceSpec::Cluster(c) => self.delete_cluster(ctx, &c.name).await,
-            _ => Err(unsupported(spec)),
+            ResourceSpec::NodePool(p) => self.delete_nodegroup(ctx, &p.cluster, &p.name).await,
+            ResourceSpec::Sandbox(s) => self.delete_sandbox(ctx, s).await,
+            ResourceSpec::Database(d) => self.delete_database(ctx, d).await,
         }
     }
 }
