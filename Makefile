@@ -6,8 +6,10 @@ CARGO ?= cargo
 
 ## Build, start a control plane, enroll and run an agent, apply examples/plan.yaml
 ## on the simulated cloud, verify the audit log, stop everything.
+## CLOUD=aws-emulator: the same against moto, the AWS emulator, through the AWS provider.
+CLOUD ?= sim
 demo:
-	./scripts/demo.sh
+	CLOUD=$(CLOUD) ./scripts/demo.sh
 
 ## The whole test suite: formatting, lints, unit, integration and end-to-end tests.
 test:

@@ -2,8 +2,17 @@
 # The whole flow on the embedded simulated cloud: control plane, enrollment
 # token, agent enrollment and run, the example plan, results, audit
 # verification. Everything runs on loopback and stops at the end.
+#
+# CLOUD=aws-emulator runs the same plan through the AWS provider against moto,
+# the AWS emulator (installed into .venv, started on a free loopback port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+CLOUD=${CLOUD:-sim}
+case "$CLOUD" in
+  sim | aws-emulator) ;;
+  *) echo "error: CLOUD=$CLOUD: use sim (the default) or aws-emulator" >&2; exit 2 ;;
+esac
 
 DEMO=demo-data
 rm -rf "$DEMO"
@@ -22,6 +31,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
+PLAN=examples/plan.yaml
+if [ "$CLOUD" = aws-emulator ]; then
+  echo "==> moto, the AWS emulator (pinned, into .venv; logs: $DEMO/moto.log)"
+  ./scripts/moto-venv.sh
+  .venv/bin/python tests/moto/moto_server.py -H 127.0.0.1 -p 0 >"$DEMO/moto.log" 2>&1 &
+  pids+=($!)
+  MOTO_PORT=""
+  for _ in $(seq 200); do
+    MOTO_PORT=$(sed -n 's#.*Running on http://127.0.0.1:\([0-9]*\).*#\1#p' "$DEMO/moto.log" | head -1)
+    [ -n "$MOTO_PORT" ] && break
+    sleep 0.1
+  done
+  [ -n "$MOTO_PORT" ] || { echo "error: moto did not start: $(cat "$DEMO/moto.log")" >&2; exit 1; }
+  MOTO=http://127.0.0.1:$MOTO_PORT
+  echo "    listening on $MOTO"
+  echo "==> the network the install module would make (a VPC, two subnets, the cluster's security group)"
+  NET=$(.venv/bin/python tests/moto/aws.py "$MOTO" setup-network)
+  echo "    $NET"
+  # The emulator takes any key; on AWS the agent takes its role from the standard chain.
+  export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_EC2_METADATA_DISABLED=true
+  PLAN="$DEMO/plan-aws.yaml"
+  sed -e 's/cloud: sim/cloud: aws/' -e 's/account: demo-account/account: "123456789012"/' \
+    -e 's/region: sim-west-1/region: us-east-1/' \
+    -e 's/on the embedded simulated cloud/on the AWS emulator/' examples/plan.yaml >"$PLAN"
+fi
+
 echo "==> starting the control plane (logs: $DEMO/control.log)"
 $CONTROL serve --listen 127.0.0.1:0 >"$DEMO/control.log" 2>&1 &
 pids+=($!)
@@ -34,7 +69,19 @@ TOKEN=$($CONTROL token create --ttl 10m)
 echo "    ${TOKEN:0:24}... (pins the control plane's CA)"
 
 echo "==> enrolling the agent (its private key is made here and never sent)"
-sed "s#demo-data#$DEMO#g" examples/agent.toml >"$DEMO/agent.toml"
+if [ "$CLOUD" = aws-emulator ]; then
+  .venv/bin/python - "$MOTO" "$NET" examples/agent-aws.toml >"$DEMO/agent.toml" <<'PY'
+import json, sys
+endpoint, net, template = sys.argv[1], json.loads(sys.argv[2]), open(sys.argv[3]).read()
+print(template.replace("vpc-0123456789abcdef0", net["vpc"])
+      .replace('["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]', json.dumps(net["subnets"]))
+      .replace("sg-0123456789abcdef0", net["sg"])
+      .replace("# endpoint_url = \"http://127.0.0.1:5000\"", f'endpoint_url = "{endpoint}"')
+      .replace('poll_interval = "15s"', 'poll_interval = "200ms"'), end="")
+PY
+else
+  sed "s#demo-data#$DEMO#g" examples/agent.toml >"$DEMO/agent.toml"
+fi
 $AGENT enroll --config "$DEMO/agent.toml" --token "$TOKEN" --control-plane "$URL" | tee "$DEMO/enroll.txt"
 # A compliance team keeps this key off the agent host, to verify the log against it later.
 VERIFIER_KEY=$(sed -n 's/^audit verifier key: //p' "$DEMO/enroll.txt")
@@ -46,8 +93,13 @@ pids+=($AGENT_PID)
 for _ in $(seq 100); do $CONTROL agents | grep -q ' connected ' && break; sleep 0.1; done
 $CONTROL agents
 
-echo "==> applying examples/plan.yaml: a cluster, a node pool, a sandbox pool, a database"
-$CONTROL submit examples/plan.yaml --wait
+echo "==> applying $PLAN: a cluster, a node pool, a sandbox pool, a database"
+$CONTROL submit "$PLAN" --wait
+
+if [ "$CLOUD" = aws-emulator ]; then
+  echo "==> what the emulator holds, seen by boto3 rather than the agent"
+  .venv/bin/python tests/moto/aws.py "$MOTO" inventory
+fi
 
 echo "==> agent status"
 $AGENT status --config "$DEMO/agent.toml" || true
@@ -65,4 +117,4 @@ $AGENT audit show --op "$FIRST_OP" --config "$DEMO/agent.toml" | sed -n '/^recei
 echo "==> stopping"
 cleanup
 trap - EXIT
-echo "demo finished: everything applied, results delivered, audit log verified"
+echo "demo finished ($CLOUD): everything applied, results delivered, audit log verified"

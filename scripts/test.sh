@@ -32,12 +32,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 echo "==> moto, the AWS emulator (pinned: tests/moto/requirements.txt, into .venv)"
-# Re-installed only when the pinned set changes.
-if ! cmp -s tests/moto/requirements.txt .venv/.installed-requirements 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/moto/requirements.txt
-  cp tests/moto/requirements.txt .venv/.installed-requirements
-fi
+./scripts/moto-venv.sh
 
 echo "==> formatting"
 cargo fmt --all -- --check

@@ -240,3 +240,21 @@ impl Config {
         Ok(cfg)
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for name in ["agent.toml", "agent-aws.toml"] {
+            let cfg = Config::load(&dir.join(name)).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
+            assert_eq!(
+                matches!(cfg.provider, ProviderConfig::Aws(_)),
+                name == "agent-aws.toml",
+                "{name}"
+            );
+        }
+    }
+}

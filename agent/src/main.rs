@@ -313,7 +313,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             if let Some(k) = kinds.iter().find(|k| !supported.contains(k)) {
                 anyhow::bail!(
-                    "the AWS provider does not manage {k:?} resources yet; it manages: {}",
+                    "the AWS provider does not manage {k:?} resources; it manages: {}",
                     supported.join(", ")
                 );
             }

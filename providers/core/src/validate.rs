@@ -357,9 +357,22 @@ mod tests {
         match s {
             ResourceSpec::Database(d) => {
                 assert!(d.deletion_protection, "deletion protection is on by default");
+                assert!(d.final_snapshot, "a final snapshot by default");
+                assert!(!d.apply_immediately, "changes wait for the maintenance window by default");
+                assert_eq!(d.max_storage_gb, None);
                 assert_eq!(d.backups.retention_days, 7);
             }
             _ => panic!("wrong kind"),
         }
+    }
+
+    #[test]
+    fn storage_autoscaling_must_be_above_the_storage() {
+        let (field, msg) = err(
+            ResourceKind::Database,
+            r#"{"name":"orders","engine":"postgres","version":"16","size":"small","storage_gb":100,"max_storage_gb":100}"#,
+        );
+        assert_eq!(field, "database.max_storage_gb");
+        assert!(msg.contains("above storage_gb (100)"), "{msg}");
     }
 }
