@@ -358,7 +358,10 @@ mod tests {
             ResourceSpec::Database(d) => {
                 assert!(d.deletion_protection, "deletion protection is on by default");
                 assert!(d.final_snapshot, "a final snapshot by default");
-                assert!(!d.apply_immediately, "changes wait for the maintenance window by default");
+                assert!(
+                    !d.apply_immediately,
+                    "changes wait for the maintenance window by default"
+                );
                 assert_eq!(d.max_storage_gb, None);
                 assert_eq!(d.backups.retention_days, 7);
             }
