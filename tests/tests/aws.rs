@@ -85,7 +85,11 @@ fn an_eks_cluster_is_created_planned_left_alone_when_unchanged_and_deleted() {
     moto.reset();
     let cp = w.control_plane();
     let (agent, net) = start_at(&w, &cp, &moto, &moto.url());
-    let spec = json!({"name": "prod", "kubernetes_version": "1.31", "endpoint_access": "public_and_private", "tags": {"team": "platform"}});
+    let key = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+    let spec = json!({
+        "name": "prod", "kubernetes_version": "1.31", "endpoint_access": "public_and_private",
+        "control_plane_logs": ["api", "audit"], "secrets_encryption_key": key, "tags": {"team": "platform"},
+    });
 
     let id = cp.submit_json(&aws_op("apply", "cluster", spec.clone()));
     let watched = cp.watch(&id);
@@ -107,6 +111,8 @@ fn an_eks_cluster_is_created_planned_left_alone_when_unchanged_and_deleted() {
     assert_eq!(c["resourcesVpcConfig"]["endpointPrivateAccess"], true);
     assert_eq!(c["resourcesVpcConfig"]["subnetIds"], net["subnets"]);
     assert_eq!(c["tags"]["team"], "platform");
+    assert_eq!(c["encryptionConfig"][0]["provider"]["keyArn"], key, "{c}");
+    assert_eq!(enabled_logs(&c), vec!["api", "audit"], "{c}");
     assert_eq!(mutating_calls(&agent, &id), vec!["eks:CreateCluster"]);
 
     // The audit log has the AWS request id of the create, to match with CloudTrail.
@@ -153,6 +159,26 @@ fn an_eks_cluster_is_created_planned_left_alone_when_unchanged_and_deleted() {
         c["resourcesVpcConfig"]["subnetIds"], net["subnets"],
         "the rest of the VPC config is kept"
     );
+
+    // Control-plane logs change in place; the secrets key cannot.
+    let mut logs = spec.clone();
+    logs["endpoint_access"] = json!("private");
+    logs["control_plane_logs"] = json!(["audit", "scheduler"]);
+    let (id, _) = run(&cp, &agent, aws_op("apply", "cluster", logs.clone()), true);
+    assert_eq!(mutating_calls(&agent, &id), vec!["eks:UpdateClusterConfig"]);
+    let c = moto.aws(&["describe-cluster", "prod"]);
+    assert_eq!(enabled_logs(&c), vec!["audit", "scheduler"], "{c}");
+    let mut rekeyed = logs.clone();
+    rekeyed["secrets_encryption_key"] = json!("arn:aws:kms:us-east-1:123456789012:key/another");
+    let (id, r) = run(&cp, &agent, aws_op("apply", "cluster", rekeyed), false);
+    assert_eq!(r["problem"]["code"], "conflict", "{r}");
+    assert!(
+        r["problem"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("secrets_encryption_key")),
+        "{r}"
+    );
+    assert!(mutating_calls(&agent, &id).is_empty());
 
     // Deleted.
     let del = cp.submit_json(&aws_op("delete", "cluster", spec));
@@ -269,6 +295,20 @@ fn the_generated_iam_policy_is_enough_and_a_missing_action_is_named() {
         true
     );
     assert_eq!(moto.aws(&["describe-db", "orders"])["absent"], true);
+}
+
+/// The control-plane log types a described EKS cluster has on.
+fn enabled_logs(c: &Value) -> Vec<String> {
+    let mut on: Vec<String> = c["logging"]["clusterLogging"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["enabled"] == true)
+        .flat_map(|s| s["types"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect();
+    on.sort();
+    on
 }
 
 fn cluster_spec(name: &str) -> Value {

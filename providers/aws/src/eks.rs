@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use aws_sdk_eks::types::{Cluster, ClusterStatus, VpcConfigRequest};
+use aws_sdk_eks::types::{
+    Cluster, ClusterStatus, EncryptionConfig, LogSetup, LogType, Logging, Provider as KmsProvider, VpcConfigRequest,
+};
 use byoc_provider::{
     CallContext, Observed, Outputs, ProviderError, ResourceSpec,
-    spec::{ClusterSpec, EndpointAccess, NetworkSpec},
+    spec::{ClusterSpec, ControlPlaneLog, EndpointAccess, NetworkSpec},
 };
 
 use crate::error;
@@ -99,6 +101,16 @@ impl AwsCloud {
             .version(&spec.kubernetes_version)
             .role_arn(&self.cfg.cluster_role_arn)
             .resources_vpc_config(vpc)
+            .set_logging((!spec.control_plane_logs.is_empty()).then(|| logging(&spec.control_plane_logs)))
+            .set_encryption_config(spec.secrets_encryption_key.as_ref().map(|key| {
+                vec![
+                    // EKS encrypts all Kubernetes API data with this key (the
+                    // `resources` list is deprecated and no longer selects).
+                    EncryptionConfig::builder()
+                        .provider(KmsProvider::builder().key_arn(key).build())
+                        .build(),
+                ]
+            }))
             .set_tags((!tags.is_empty()).then_some(tags))
             .client_request_token(token);
         let action = "eks:CreateCluster";
@@ -148,6 +160,22 @@ impl AwsCloud {
             self.call(ctx, action, &resource(&spec.name), true, req.send())
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
+        }
+        if now.control_plane_logs != spec.control_plane_logs {
+            // One update type per call (AWS's rule): wait for the one before.
+            if now.endpoint_access != spec.endpoint_access {
+                self.wait_active(ctx, &spec.name).await?;
+            }
+            let req = self
+                .eks
+                .update_cluster_config()
+                .name(&spec.name)
+                .logging(logging(&spec.control_plane_logs));
+            let action = "eks:UpdateClusterConfig";
+            self.call(ctx, action, &resource(&spec.name), true, req.send())
+                .await?
+                .map_err(|e| error::map(action, &e).error)?;
+            self.wait_active(ctx, &spec.name).await?;
         }
         if now.kubernetes_version != spec.kubernetes_version {
             let req = self
@@ -288,6 +316,35 @@ fn access(a: EndpointAccess) -> (bool, bool) {
     }
 }
 
+const LOG_TYPES: [(ControlPlaneLog, LogType); 5] = [
+    (ControlPlaneLog::Api, LogType::Api),
+    (ControlPlaneLog::Audit, LogType::Audit),
+    (ControlPlaneLog::Authenticator, LogType::Authenticator),
+    (ControlPlaneLog::ControllerManager, LogType::ControllerManager),
+    (ControlPlaneLog::Scheduler, LogType::Scheduler),
+];
+
+/// The logging setup that turns on exactly `on`, and off every other type.
+fn logging(on: &std::collections::BTreeSet<ControlPlaneLog>) -> Logging {
+    let (enabled, disabled): (Vec<_>, Vec<_>) = LOG_TYPES.iter().partition(|(l, _)| on.contains(l));
+    let setup = |types: Vec<&(ControlPlaneLog, LogType)>, on: bool| {
+        (!types.is_empty()).then(|| {
+            LogSetup::builder()
+                .set_types(Some(types.into_iter().map(|(_, t)| t.clone()).collect()))
+                .enabled(on)
+                .build()
+        })
+    };
+    Logging::builder()
+        .set_cluster_logging(Some(
+            [setup(enabled, true), setup(disabled, false)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        ))
+        .build()
+}
+
 fn observed_spec(c: &Cluster) -> ClusterSpec {
     let vpc = c.resources_vpc_config.as_ref();
     let public = vpc.is_some_and(|v| v.endpoint_public_access);
@@ -306,6 +363,21 @@ fn observed_spec(c: &Cluster) -> ClusterSpec {
             vpc: vpc.and_then(|v| v.vpc_id.clone()),
             subnets,
         }),
+        control_plane_logs: c
+            .logging()
+            .map(|l| {
+                l.cluster_logging()
+                    .iter()
+                    .filter(|s| s.enabled() == Some(true))
+                    .flat_map(|s| s.types())
+                    .filter_map(|t| LOG_TYPES.iter().find(|(_, lt)| lt == t).map(|(l, _)| *l))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        secrets_encryption_key: c
+            .encryption_config()
+            .iter()
+            .find_map(|e| e.provider().and_then(|p| p.key_arn()).map(str::to_string)),
         tags: c
             .tags
             .as_ref()

@@ -4,7 +4,7 @@
 //! Decoding rejects unknown fields, and every error names the field at fault and
 //! says what is valid, e.g. `node_pool.max_size: 5000 is above the maximum 1000`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +36,7 @@ impl ResourceKind {
     /// to be replaced, which the agent refuses to do implicitly.
     pub fn replacement_fields(self) -> &'static [&'static str] {
         match self {
-            Self::Cluster => &["name", "network"],
+            Self::Cluster => &["name", "network", "secrets_encryption_key"],
             Self::NodePool => &["name", "cluster", "instance_type", "capacity", "disk_gb", "gpu"],
             Self::Sandbox => &["name", "cluster", "isolation", "instance_type"],
             Self::Database => &["name", "engine"],
@@ -62,8 +62,26 @@ pub struct ClusterSpec {
     /// Cloud network placement (VPC / subnets); the provider's defaults when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// Control-plane logs sent to the cloud's log service (none by default).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub control_plane_logs: BTreeSet<ControlPlaneLog>,
+    /// A key of the cloud's KMS (a key ARN on AWS) that encrypts Kubernetes
+    /// secrets at rest. Set at creation; it cannot be changed or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_encryption_key: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+}
+
+/// A control-plane log stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlPlaneLog {
+    Api,
+    Audit,
+    Authenticator,
+    ControllerManager,
+    Scheduler,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,15 @@ fn cluster(s: &ClusterSpec) -> Result<(), ProviderError> {
             cloud_id(&format!("cluster.network.subnets[{i}]"), subnet)?;
         }
     }
+    if let Some(key) = &s.secrets_encryption_key {
+        let ok = !key.is_empty() && key.len() <= 2048 && key.bytes().all(|c| c.is_ascii_graphic());
+        if !ok {
+            return Err(ProviderError::invalid(
+                "cluster.secrets_encryption_key",
+                format!("{key:?} is not a key id: use 1 to 2048 printable ASCII characters (a KMS key ARN on AWS)"),
+            ));
+        }
+    }
     tags("cluster.tags", &s.tags)
 }
 
