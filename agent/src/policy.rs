@@ -550,7 +550,20 @@ impl PolicyHandle {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn replace(&self, loaded: Loaded) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded);
+    /// Runs `f` (a decision and the queuing of its record) with the policy in
+    /// force, which cannot be swapped until `f` returns.
+    pub fn decide_with<R>(&self, f: impl FnOnce(&Arc<Loaded>) -> R) -> R {
+        f(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs `record` (queuing the reload's audit record) and, if it succeeds,
+    /// swaps in `loaded`, with no decision in between: every decision is
+    /// either before the record in the log and by the old policy, or after it
+    /// and by the new one.
+    pub fn swap_with<T, E>(&self, loaded: Loaded, record: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let mut guard = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let t = record()?;
+        *guard = Arc::new(loaded);
+        Ok(t)
     }
 }

@@ -241,16 +241,17 @@ impl Agent {
     /// (`operation.received` or `operation.refused`): the log is ordered, so
     /// no operation is accepted or refused before its decision is recorded.
     pub fn decide(&self, v: &Verified) -> Result<Decision, String> {
-        let loaded = self.policy.current();
-        let decision = loaded.policy.evaluate(&Request {
-            action: v.action,
-            region: v.op.target.as_ref().map(|t| t.region.as_str()),
-            spec: &v.spec,
-        });
-        self.audit
-            .record_before_next(decision_event(&v.op.id, &decision, &loaded.sha256))
-            .map_err(|e| format!("cannot record the policy decision: {e}"))?;
-        Ok(decision)
+        self.policy.decide_with(|loaded| {
+            let decision = loaded.policy.evaluate(&Request {
+                action: v.action,
+                region: v.op.target.as_ref().map(|t| t.region.as_str()),
+                spec: &v.spec,
+            });
+            self.audit
+                .record_before_next(decision_event(&v.op.id, &decision, &loaded.sha256))
+                .map_err(|e| format!("cannot record the policy decision: {e}"))?;
+            Ok(decision)
+        })
     }
 
     /// Re-reads the policy file (SIGHUP). An invalid file is refused and the
@@ -281,21 +282,20 @@ impl Agent {
                     None,
                     json!({ "path": path, "policy_sha256": new.sha256, "previous_sha256": old.sha256 }),
                 );
-                // The reload is queued before the swap, so every decision the
-                // new policy makes lands after it in the log; and the swap is
-                // made before the record can be read, so whoever sees
-                // `policy.reloaded` sees the new policy decide. If the record
+                // The record is queued and the policy swapped with no decision
+                // in between (`swap_with`), so every decision by the new policy
+                // is after `policy.reloaded` in the log, and whoever has seen
+                // that record gets decisions by the new policy. If the record
                 // cannot be made durable the log is poisoned and no operation
                 // runs under either policy (fail closed).
                 let sha256 = new.sha256.clone();
-                let pending = match self.audit.submit(ev) {
+                let pending = match self.policy.swap_with(new, || self.audit.submit(ev)) {
                     Ok(p) => p,
                     Err(e) => {
                         error!(error = %e, "cannot record the policy reload; the policy in force stays");
                         return;
                     }
                 };
-                self.policy.replace(new);
                 match pending.await {
                     Ok(_) => info!(path = %path.display(), %sha256, "policy reloaded"),
                     Err(e) => {
