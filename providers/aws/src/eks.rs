@@ -21,8 +21,8 @@ fn resource(name: &str) -> String {
 impl AwsCloud {
     pub(crate) async fn describe(&self, ctx: &CallContext<'_>, name: &str) -> Result<Option<Cluster>, ProviderError> {
         let action = "eks:DescribeCluster";
-        match self
-            .call(
+        Ok(self
+            .found(
                 ctx,
                 action,
                 &resource(name),
@@ -30,11 +30,7 @@ impl AwsCloud {
                 self.eks.describe_cluster().name(name).send(),
             )
             .await?
-        {
-            Ok(out) => Ok(out.cluster),
-            Err(e) if error::is_not_found(&e) => Ok(None),
-            Err(e) => Err(error::map(action, &e).error),
-        }
+            .and_then(|out| out.cluster))
     }
 
     /// The cluster as it is. Its subnets are part of the observed spec only
@@ -278,19 +274,13 @@ impl AwsCloud {
                 });
             }
             let action = "eks:DeleteCluster";
-            match self
-                .call(
-                    ctx,
-                    action,
-                    &resource(name),
-                    true,
-                    self.eks.delete_cluster().name(name).send(),
-                )
+            let req = self.eks.delete_cluster().name(name);
+            if self
+                .found(ctx, action, &resource(name), true, req.send())
                 .await?
+                .is_none()
             {
-                Ok(_) => {}
-                Err(e) if error::is_not_found(&e) => return Ok(gone(name)),
-                Err(e) => return Err(error::map(action, &e).error),
+                return Ok(gone(name));
             }
         }
         let start = Instant::now();

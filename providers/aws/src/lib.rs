@@ -196,6 +196,28 @@ impl AwsCloud {
             .map_err(|e| error::map(action, &e).error)
     }
 
+    /// [`call`](Self::call), where "not found" is an answer (`None`), not an
+    /// error: a describe of what may not exist, a delete of what may be gone.
+    async fn found<T, E, F>(
+        &self,
+        ctx: &CallContext<'_>,
+        action: &str,
+        resource: &str,
+        mutating: bool,
+        f: F,
+    ) -> Result<Option<T>, ProviderError>
+    where
+        T: RequestId,
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        F: std::future::Future<Output = Result<T, SdkError<E, Response>>>,
+    {
+        match self.call(ctx, action, resource, mutating, f).await? {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if error::is_not_found(&e) => Ok(None),
+            Err(e) => Err(error::map(action, &e).error),
+        }
+    }
+
     /// Polls `probe` until it says done (`Some`), reporting progress, within
     /// the configured wait.
     async fn wait_for<T, F, Fut>(&self, what: &str, mut probe: F) -> Result<T, ProviderError>

@@ -197,14 +197,10 @@ impl AwsCloud {
     ) -> Result<Option<Nodegroup>, ProviderError> {
         let action = "eks:DescribeNodegroup";
         let req = self.eks.describe_nodegroup().cluster_name(cluster).nodegroup_name(name);
-        match self
-            .call(ctx, action, &resource(cluster, name), false, req.send())
+        Ok(self
+            .found(ctx, action, &resource(cluster, name), false, req.send())
             .await?
-        {
-            Ok(out) => Ok(out.nodegroup),
-            Err(e) if error::is_not_found(&e) => Ok(None),
-            Err(e) => Err(error::map(action, &e).error),
-        }
+            .and_then(|out| out.nodegroup))
     }
 
     pub(crate) async fn observe_node_pool(
@@ -514,10 +510,8 @@ impl AwsCloud {
         if ng.status() != Some(&NodegroupStatus::Deleting) {
             let action = "eks:DeleteNodegroup";
             let req = self.eks.delete_nodegroup().cluster_name(cluster).nodegroup_name(name);
-            match self.call(ctx, action, &res, true, req.send()).await? {
-                Ok(_) => {}
-                Err(e) if error::is_not_found(&e) => return Ok(gone(cluster, name)),
-                Err(e) => return Err(error::map(action, &e).error),
+            if self.found(ctx, action, &res, true, req.send()).await?.is_none() {
+                return Ok(gone(cluster, name));
             }
         }
         self.wait_for(

@@ -220,11 +220,10 @@ impl AwsCloud {
     async fn describe_db(&self, ctx: &CallContext<'_>, name: &str) -> Result<Option<DbInstance>, ProviderError> {
         let action = "rds:DescribeDBInstances";
         let req = self.rds.describe_db_instances().db_instance_identifier(name);
-        match self.call(ctx, action, &resource(name), false, req.send()).await? {
-            Ok(out) => Ok(out.db_instances().first().cloned()),
-            Err(e) if error::is_not_found(&e) => Ok(None),
-            Err(e) => Err(error::map(action, &e).error),
-        }
+        Ok(self
+            .found(ctx, action, &resource(name), false, req.send())
+            .await?
+            .and_then(|out| out.db_instances().first().cloned()))
     }
 
     pub(crate) async fn observe_database(
@@ -451,10 +450,8 @@ impl AwsCloud {
         let res = format!("subgrp/{name}");
         let action = "rds:DescribeDBSubnetGroups";
         let req = self.rds.describe_db_subnet_groups().db_subnet_group_name(&name);
-        match self.call(ctx, action, &res, false, req.send()).await? {
-            Ok(_) => return Ok(name),
-            Err(e) if error::is_not_found(&e) => {}
-            Err(e) => return Err(error::map(action, &e).error),
+        if self.found(ctx, action, &res, false, req.send()).await?.is_some() {
+            return Ok(name);
         }
         let subnets = if self.cfg.database_subnets.is_empty() {
             &self.cfg.subnets
@@ -633,11 +630,7 @@ impl AwsCloud {
                     req = req.skip_final_snapshot(true);
                 }
                 let action = "rds:DeleteDBInstance";
-                match self.call(ctx, action, &res, true, req.send()).await? {
-                    Ok(_) => {}
-                    Err(e) if error::is_not_found(&e) => {}
-                    Err(e) => return Err(error::map(action, &e).error),
-                }
+                self.found(ctx, action, &res, true, req.send()).await?;
             }
             self.wait_for(&format!("database {name} is still there"), || async {
                 if self.describe_db(ctx, name).await?.is_none() {
@@ -656,32 +649,20 @@ impl AwsCloud {
                 .ec2
                 .delete_security_group()
                 .group_id(sg.group_id().unwrap_or_default());
-            match self
-                .call(
-                    ctx,
-                    action,
-                    &format!("security-group/{}", security_group_name(name)),
-                    true,
-                    req.send(),
-                )
-                .await?
-            {
-                Ok(_) => {}
-                Err(e) if error::is_not_found(&e) => {}
-                Err(e) => return Err(error::map(action, &e).error),
-            }
+            self.found(
+                ctx,
+                action,
+                &format!("security-group/{}", security_group_name(name)),
+                true,
+                req.send(),
+            )
+            .await?;
         }
         let group = subnet_group_name(name);
         let action = "rds:DeleteDBSubnetGroup";
         let req = self.rds.delete_db_subnet_group().db_subnet_group_name(&group);
-        match self
-            .call(ctx, action, &format!("subgrp/{group}"), true, req.send())
-            .await?
-        {
-            Ok(_) => {}
-            Err(e) if error::is_not_found(&e) => {}
-            Err(e) => return Err(error::map(action, &e).error),
-        }
+        self.found(ctx, action, &format!("subgrp/{group}"), true, req.send())
+            .await?;
         Ok(out)
     }
 }

@@ -347,11 +347,10 @@ impl AwsCloud {
     ) -> Result<Option<LaunchTemplate>, ProviderError> {
         let action = "ec2:DescribeLaunchTemplates";
         let req = self.ec2.describe_launch_templates().launch_template_names(name);
-        match self.call(ctx, action, &lt_resource(name), false, req.send()).await? {
-            Ok(out) => Ok(out.launch_templates().first().cloned()),
-            Err(e) if error::is_not_found(&e) => Ok(None),
-            Err(e) => Err(error::map(action, &e).error),
-        }
+        Ok(self
+            .found(ctx, action, &lt_resource(name), false, req.send())
+            .await?
+            .and_then(|out| out.launch_templates().first().cloned()))
     }
 
     /// The pool's launch template (made if absent); (name, version).
@@ -436,11 +435,7 @@ impl AwsCloud {
         if self.describe_launch_template(ctx, &name).await?.is_some() {
             let action = "ec2:DeleteLaunchTemplate";
             let req = self.ec2.delete_launch_template().launch_template_name(&name);
-            match self.call(ctx, action, &lt_resource(&name), true, req.send()).await? {
-                Ok(_) => {}
-                Err(e) if error::is_not_found(&e) => {}
-                Err(e) => return Err(error::map(action, &e).error),
-            }
+            self.found(ctx, action, &lt_resource(&name), true, req.send()).await?;
         }
         Ok(out)
     }
