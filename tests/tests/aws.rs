@@ -164,10 +164,15 @@ fn an_eks_cluster_is_created_planned_left_alone_when_unchanged_and_deleted() {
     let mut logs = spec.clone();
     logs["endpoint_access"] = json!("private");
     logs["control_plane_logs"] = json!(["audit", "scheduler"]);
+    logs["tags"] = json!({"env": "prod"});
     let (id, _) = run(&cp, &agent, aws_op("apply", "cluster", logs.clone()), true);
-    assert_eq!(mutating_calls(&agent, &id), vec!["eks:UpdateClusterConfig"]);
+    assert_eq!(
+        mutating_calls(&agent, &id),
+        vec!["eks:UpdateClusterConfig", "eks:TagResource", "eks:UntagResource"]
+    );
     let c = moto.aws(&["describe-cluster", "prod"]);
     assert_eq!(enabled_logs(&c), vec!["audit", "scheduler"], "{c}");
+    assert_eq!(c["tags"], json!({"env": "prod"}), "{c}");
     let mut rekeyed = logs.clone();
     rekeyed["secrets_encryption_key"] = json!("arn:aws:kms:us-east-1:123456789012:key/another");
     let (id, r) = run(&cp, &agent, aws_op("apply", "cluster", rekeyed), false);

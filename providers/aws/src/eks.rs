@@ -184,34 +184,9 @@ impl AwsCloud {
                 .await?
                 .map_err(|e| error::map(action, &e).error)?;
         }
-        let added: HashMap<String, String> = spec
-            .tags
-            .iter()
-            .filter(|(k, v)| now.tags.get(*k) != Some(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        if !added.is_empty() {
-            let arn = c.arn.clone().unwrap_or_default();
-            let req = self.eks.tag_resource().resource_arn(arn).set_tags(Some(added));
-            let action = "eks:TagResource";
-            self.call(ctx, action, &resource(&spec.name), true, req.send())
-                .await?
-                .map_err(|e| error::map(action, &e).error)?;
-        }
-        let removed: Vec<String> = now
-            .tags
-            .keys()
-            .filter(|k| !spec.tags.contains_key(*k))
-            .cloned()
-            .collect();
-        if !removed.is_empty() {
-            let arn = c.arn.clone().unwrap_or_default();
-            let req = self.eks.untag_resource().resource_arn(arn).set_tag_keys(Some(removed));
-            let action = "eks:UntagResource";
-            self.call(ctx, action, &resource(&spec.name), true, req.send())
-                .await?
-                .map_err(|e| error::map(action, &e).error)?;
-        }
+        let arn = c.arn.as_deref().unwrap_or_default();
+        self.sync_eks_tags(ctx, &resource(&spec.name), arn, &now.tags, &spec.tags)
+            .await?;
         Ok(())
     }
 

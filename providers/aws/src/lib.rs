@@ -248,6 +248,20 @@ pub(crate) fn request_token(key: &str) -> String {
     hex::encode(&d.as_ref()[..24])
 }
 
+/// What to add (or change) and what to remove to bring tags `now` to `desired`.
+pub(crate) fn tag_changes(
+    now: &std::collections::BTreeMap<String, String>,
+    desired: &std::collections::BTreeMap<String, String>,
+) -> (std::collections::BTreeMap<String, String>, Vec<String>) {
+    let added = desired
+        .iter()
+        .filter(|(k, v)| now.get(*k) != Some(v))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let removed = now.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
+    (added, removed)
+}
+
 /// User tags, without the agent's own token tag.
 pub(crate) fn user_tags<'a>(
     tags: impl IntoIterator<Item = (&'a String, &'a String)>,

@@ -19,7 +19,7 @@ use byoc_provider::{
 };
 
 use crate::error;
-use crate::{AwsCloud, TOKEN_TAG, request_token, user_tags};
+use crate::{AwsCloud, TOKEN_TAG, request_token, tag_changes, user_tags};
 
 /// What the agent wants of one node group, whichever kind asked for it.
 pub(crate) struct Group<'a> {
@@ -413,16 +413,15 @@ impl AwsCloud {
         now: &BTreeMap<String, String>,
         desired: &BTreeMap<String, String>,
     ) -> Result<(), ProviderError> {
-        let added: HashMap<String, String> = desired
-            .iter()
-            .filter(|(k, v)| now.get(*k) != Some(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let (added, removed) = tag_changes(now, desired);
         if !added.is_empty() {
-            let req = self.eks.tag_resource().resource_arn(arn).set_tags(Some(added));
+            let req = self
+                .eks
+                .tag_resource()
+                .resource_arn(arn)
+                .set_tags(Some(added.into_iter().collect()));
             self.must(ctx, "eks:TagResource", res, true, req.send()).await?;
         }
-        let removed: Vec<String> = now.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
         if !removed.is_empty() {
             let req = self.eks.untag_resource().resource_arn(arn).set_tag_keys(Some(removed));
             self.must(ctx, "eks:UntagResource", res, true, req.send()).await?;

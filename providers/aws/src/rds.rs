@@ -19,7 +19,7 @@ use byoc_provider::{
     spec::{BackupSpec, DatabaseSize, DatabaseSpec, Engine},
 };
 
-use crate::{AwsCloud, TOKEN_TAG, error, request_token, user_tags};
+use crate::{AwsCloud, TOKEN_TAG, error, request_token, tag_changes, user_tags};
 
 /// The master user RDS creates (its password lives only in Secrets Manager).
 const MASTER_USER: &str = "byoc_admin";
@@ -384,12 +384,7 @@ impl AwsCloud {
             self.must(ctx, "rds:ModifyDBInstance", &res, true, req.send()).await?;
         }
         let arn = db.db_instance_arn().unwrap_or_default();
-        let added: BTreeMap<String, String> = spec
-            .tags
-            .iter()
-            .filter(|(k, v)| now.tags.get(*k) != Some(v))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let (added, removed) = tag_changes(&now.tags, &spec.tags);
         if !added.is_empty() {
             let req = self
                 .rds
@@ -398,12 +393,6 @@ impl AwsCloud {
                 .set_tags(Some(rds_tags(&added)));
             self.must(ctx, "rds:AddTagsToResource", &res, true, req.send()).await?;
         }
-        let removed: Vec<String> = now
-            .tags
-            .keys()
-            .filter(|k| !spec.tags.contains_key(*k))
-            .cloned()
-            .collect();
         if !removed.is_empty() {
             let req = self
                 .rds
