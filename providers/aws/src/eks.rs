@@ -1,7 +1,6 @@
 //! EKS clusters: observe, create (idempotent), update in place, delete.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
 
 use aws_sdk_eks::types::{
     Cluster, ClusterStatus, EncryptionConfig, LogSetup, LogType, Logging, Provider as KmsProvider, VpcConfigRequest,
@@ -153,9 +152,7 @@ impl AwsCloud {
                 .name(&spec.name)
                 .resources_vpc_config(vpc);
             let action = "eks:UpdateClusterConfig";
-            self.call(ctx, action, &resource(&spec.name), true, req.send())
-                .await?
-                .map_err(|e| error::map(action, &e).error)?;
+            self.must(ctx, action, &resource(&spec.name), true, req.send()).await?;
         }
         if now.control_plane_logs != spec.control_plane_logs {
             // One update type per call (AWS's rule): wait for the one before.
@@ -168,9 +165,7 @@ impl AwsCloud {
                 .name(&spec.name)
                 .logging(logging(&spec.control_plane_logs));
             let action = "eks:UpdateClusterConfig";
-            self.call(ctx, action, &resource(&spec.name), true, req.send())
-                .await?
-                .map_err(|e| error::map(action, &e).error)?;
+            self.must(ctx, action, &resource(&spec.name), true, req.send()).await?;
             self.wait_active(ctx, &spec.name).await?;
         }
         if now.kubernetes_version != spec.kubernetes_version {
@@ -180,9 +175,7 @@ impl AwsCloud {
                 .name(&spec.name)
                 .version(&spec.kubernetes_version);
             let action = "eks:UpdateClusterVersion";
-            self.call(ctx, action, &resource(&spec.name), true, req.send())
-                .await?
-                .map_err(|e| error::map(action, &e).error)?;
+            self.must(ctx, action, &resource(&spec.name), true, req.send()).await?;
         }
         let arn = c.arn.as_deref().unwrap_or_default();
         self.sync_eks_tags(ctx, &resource(&spec.name), arn, &now.tags, &spec.tags)
@@ -191,8 +184,7 @@ impl AwsCloud {
     }
 
     async fn wait_active(&self, ctx: &CallContext<'_>, name: &str) -> Result<Outputs, ProviderError> {
-        let start = Instant::now();
-        loop {
+        self.wait_for(&format!("cluster {name} is not ACTIVE"), || async {
             let Some(c) = self.describe(ctx, name).await? else {
                 return Err(ProviderError::NotFound {
                     what: format!("cluster {name} disappeared while it was being created"),
@@ -202,26 +194,20 @@ impl AwsCloud {
                 Some(ClusterStatus::Active) => {
                     ctx.hooks
                         .progress("active", &format!("cluster {name} is ACTIVE"), Some(100));
-                    return Ok(observed(&c).outputs);
+                    Ok(Some(observed(&c).outputs))
                 }
-                Some(ClusterStatus::Failed) => {
-                    return Err(ProviderError::Conflict {
-                        message: format!("EKS reports cluster {name} as FAILED"),
-                    });
-                }
+                Some(ClusterStatus::Failed) => Err(ProviderError::Conflict {
+                    message: format!("EKS reports cluster {name} as FAILED"),
+                }),
                 ref s => {
                     let s = s.as_ref().map_or("UNKNOWN", |s| s.as_str());
                     ctx.hooks
                         .progress(&s.to_ascii_lowercase(), &format!("cluster {name} is {s}"), None);
+                    Ok(None)
                 }
             }
-            if start.elapsed() > self.cfg.wait_timeout {
-                return Err(ProviderError::Transient {
-                    message: format!("cluster {name} is not ACTIVE after {:?}", self.cfg.wait_timeout),
-                });
-            }
-            tokio::time::sleep(self.cfg.poll_interval).await;
-        }
+        })
+        .await
     }
 
     pub(crate) async fn delete_cluster(&self, ctx: &CallContext<'_>, name: &str) -> Result<Outputs, ProviderError> {
@@ -230,16 +216,8 @@ impl AwsCloud {
         };
         if c.status != Some(ClusterStatus::Deleting) {
             let list = "eks:ListNodegroups";
-            let groups = self
-                .call(
-                    ctx,
-                    list,
-                    &resource(name),
-                    false,
-                    self.eks.list_nodegroups().cluster_name(name).send(),
-                )
-                .await?
-                .map_err(|e| error::map(list, &e).error)?;
+            let req = self.eks.list_nodegroups().cluster_name(name);
+            let groups = self.must(ctx, list, &resource(name), false, req.send()).await?;
             if !groups.nodegroups().is_empty() {
                 return Err(ProviderError::Conflict {
                     message: format!(
@@ -258,17 +236,15 @@ impl AwsCloud {
                 return Ok(gone(name));
             }
         }
-        let start = Instant::now();
-        while self.describe(ctx, name).await?.is_some() {
+        self.wait_for(&format!("cluster {name} is still there"), || async {
+            if self.describe(ctx, name).await?.is_none() {
+                return Ok(Some(()));
+            }
             ctx.hooks
                 .progress("deleting", &format!("cluster {name} is being deleted"), None);
-            if start.elapsed() > self.cfg.wait_timeout {
-                return Err(ProviderError::Transient {
-                    message: format!("cluster {name} is still there after {:?}", self.cfg.wait_timeout),
-                });
-            }
-            tokio::time::sleep(self.cfg.poll_interval).await;
-        }
+            Ok(None)
+        })
+        .await?;
         Ok(gone(name))
     }
 }

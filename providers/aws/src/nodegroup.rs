@@ -68,6 +68,14 @@ fn is_gpu_ami(a: &AmiTypes) -> bool {
     s.contains("NVIDIA") || s.contains("GPU") || s.contains("NEURON")
 }
 
+fn scaling_config(g: &Group<'_>) -> NodegroupScalingConfig {
+    NodegroupScalingConfig::builder()
+        .min_size(g.min as i32)
+        .max_size(g.max as i32)
+        .desired_size(g.desired as i32)
+        .build()
+}
+
 fn eks_taint(t: &Taint) -> EksTaint {
     EksTaint::builder()
         .key(&t.key)
@@ -282,11 +290,6 @@ impl AwsCloud {
         let token = request_token(ctx.idempotency_key);
         let mut tags: HashMap<String, String> = g.tags.clone().into_iter().collect();
         tags.insert(TOKEN_TAG.to_string(), token.clone());
-        let scaling = NodegroupScalingConfig::builder()
-            .min_size(g.min as i32)
-            .max_size(g.max as i32)
-            .desired_size(g.desired as i32)
-            .build();
         let req = self
             .eks
             .create_nodegroup()
@@ -299,7 +302,7 @@ impl AwsCloud {
                 Capacity::OnDemand => CapacityTypes::OnDemand,
                 Capacity::Spot => CapacityTypes::Spot,
             })
-            .scaling_config(scaling)
+            .scaling_config(scaling_config(g))
             .set_disk_size(g.disk_gb.map(|d| d as i32))
             .ami_type(g.ami.clone())
             .set_version(cluster.version.clone())
@@ -352,13 +355,7 @@ impl AwsCloud {
             .nodegroup_name(g.name);
         let mut changed = false;
         if scaling(ng) != (g.min, g.max, g.desired) {
-            req = req.scaling_config(
-                NodegroupScalingConfig::builder()
-                    .min_size(g.min as i32)
-                    .max_size(g.max as i32)
-                    .desired_size(g.desired as i32)
-                    .build(),
-            );
+            req = req.scaling_config(scaling_config(g));
             changed = true;
         }
         let labels = observed_labels(ng);
