@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use byoc_gate::TargetConfig;
+use byoc_providers::ProviderConfig;
 use serde::Deserialize;
+
+use crate::dial::ConnectionConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,14 +34,6 @@ pub struct Config {
     #[serde(default)]
     pub policy: Option<PathBuf>,
     pub provider: ProviderConfig,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TargetConfig {
-    pub cloud: String,
-    pub account: String,
-    pub region: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,68 +110,22 @@ fn default_checkpoint_interval() -> Duration {
     Duration::from_secs(60)
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConnectionConfig {
-    /// First wait before reconnecting; doubles (with jitter) up to `max_backoff`.
-    #[serde(default = "default_min_backoff", with = "humantime_serde")]
-    pub min_backoff: Duration,
-    #[serde(default = "default_max_backoff", with = "humantime_serde")]
-    pub max_backoff: Duration,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// HTTPS proxy to the control plane (HTTP CONNECT),
-    /// `http://[user[:password]@]host[:port]`; wins over `HTTPS_PROXY`.
-    #[serde(default)]
-    pub proxy: Option<crate::proxy::ProxyUrl>,
-    /// A file whose first line is the proxy password (mode 0600), so that it
-    /// need not sit in agent.toml; the proxy URL then names only the user.
-    #[serde(default)]
-    pub proxy_password_file: Option<PathBuf>,
-    /// Hosts reached without the proxy (`NO_PROXY` syntax, as a list); wins
-    /// over `NO_PROXY`.
-    #[serde(default)]
-    pub no_proxy: Option<crate::proxy::NoProxy>,
-}
-
-impl Default for ConnectionConfig {
-    fn default() -> Self {
-        Self {
-            min_backoff: default_min_backoff(),
-            max_backoff: default_max_backoff(),
-            connect_timeout: default_connect_timeout(),
-            proxy: None,
-            proxy_password_file: None,
-            no_proxy: None,
-        }
-    }
-}
-
-fn default_min_backoff() -> Duration {
-    Duration::from_millis(200)
-}
-fn default_max_backoff() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum ProviderConfig {
-    /// The embedded simulated cloud.
-    Sim(byoc_provider_sim::SimConfig),
-    /// Amazon Web Services (EKS clusters; more kinds to come).
-    Aws(byoc_provider_aws::AwsConfig),
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
     Invalid { path: PathBuf, message: String },
+    #[error("{}", path.display())]
+    Provider {
+        path: PathBuf,
+        #[source]
+        source: byoc_providers::RegistryError,
+    },
 }
 
 impl Config {
@@ -215,28 +165,14 @@ impl Config {
                 "target.cloud, target.account and target.region must not be empty".into(),
             ));
         }
-        match &cfg.provider {
-            ProviderConfig::Sim(_) if t.cloud != "sim" => {
-                return Err(invalid(format!(
-                    "provider.sim serves target.cloud = \"sim\", not {:?}",
-                    t.cloud
-                )));
-            }
-            ProviderConfig::Sim(_) => {}
-            ProviderConfig::Aws(_) if t.cloud != "aws" => {
-                return Err(invalid(format!(
-                    "provider.aws serves target.cloud = \"aws\", not {:?}",
-                    t.cloud
-                )));
-            }
-            ProviderConfig::Aws(a) if a.region != t.region => {
-                return Err(invalid(format!(
-                    "provider.aws.region {:?} is not target.region {:?}",
-                    a.region, t.region
-                )));
-            }
-            ProviderConfig::Aws(_) => {}
-        }
+        // The registry knows the clouds: whether this build has the one named,
+        // and whether its settings agree with the target.
+        cfg.provider
+            .check(&cfg.target.as_ref())
+            .map_err(|source| ConfigError::Provider {
+                path: path.into(),
+                source,
+            })?;
         Ok(cfg)
     }
 }
@@ -248,13 +184,19 @@ mod example_tests {
     #[test]
     fn the_example_configs_load() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        for name in ["agent.toml", "agent-aws.toml"] {
-            let cfg = Config::load(&dir.join(name)).unwrap_or_else(|e| panic!("examples/{name}: {e}"));
-            assert_eq!(
-                matches!(cfg.provider, ProviderConfig::Aws(_)),
-                name == "agent-aws.toml",
-                "{name}"
-            );
+        let cfg = Config::load(&dir.join("agent.toml")).unwrap_or_else(|e| panic!("examples/agent.toml: {e}"));
+        assert_eq!(cfg.provider.cloud(), "sim");
+        let aws = Config::load(&dir.join("agent-aws.toml"));
+        if cfg!(feature = "aws") {
+            let cfg = aws.unwrap_or_else(|e| panic!("examples/agent-aws.toml: {}", byoc_errors::chain(&e)));
+            assert_eq!(cfg.provider.cloud(), "aws");
+        } else {
+            // A build without the AWS provider names the feature to turn on.
+            let Err(e) = aws else {
+                panic!("a build without the aws feature took examples/agent-aws.toml");
+            };
+            let msg = byoc_errors::chain(&e);
+            assert!(msg.contains("`aws` cargo feature"), "{msg}");
         }
     }
 }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::identity::{self, Enrollment, Identity, write_atomic};
-use crate::now_ms;
+use byoc_gate::{Clock as _, SystemClock};
 
 /// A parsed enrollment token: `byoc1.<hex SHA-256 of the CA certificate>.<secret>`.
 #[derive(Debug)]
@@ -56,7 +56,7 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         );
     }
     let token = parse_token(token)?;
-    crate::connect::parse_url(control_plane)?;
+    crate::dial::parse_url(control_plane)?;
     create_private_dir(data)?;
     let dir = identity::dir(data);
     create_private_dir(&dir)?;
@@ -64,15 +64,15 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
     // The private key is made here and never sent anywhere.
     let key = KeyPair::generate().context("generating the agent key pair")?;
     let tls = byoc_proto::transport::pinned_ca_client_config(token.ca_fingerprint)?;
-    let dialer = crate::connect::Dialer::from_config(&cfg.connection)?;
+    let dialer = crate::dial::Dialer::from_config(&cfg.connection)?;
     let channel = match dialer.channel(control_plane, tls).await {
         Ok(c) => c,
-        Err(e) if crate::connect::is_certificate_error(&e) => bail!(
+        Err(e) if e.is_certificate_rejected() => bail!(
             "{}: the control plane's certificate does not chain to the CA the token pins; \
              is {control_plane} the control plane that made this token?",
-            crate::connect::error_chain(&e)
+            byoc_errors::chain(&e)
         ),
-        Err(e) => bail!("{}", crate::connect::error_chain(&e)),
+        Err(e) => return Err(e.into()),
     };
     let mut client = AgentServiceClient::new(channel);
     let t = &cfg.target;
@@ -112,7 +112,7 @@ pub async fn enroll(cfg: &Config, token: &str, control_plane: &str) -> anyhow::R
         agent_id: resp.agent_id.clone(),
         control_plane: control_plane.to_string(),
         certificate_not_after_unix_ms: resp.certificate_not_after_unix_ms,
-        certificate_issued_unix_ms: now_ms(),
+        certificate_issued_unix_ms: SystemClock.now_ms(),
     };
     // enrollment.json last: its presence means the identity is complete.
     write_atomic(

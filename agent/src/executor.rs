@@ -20,13 +20,15 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::approval;
-use crate::checks::{Action, Verified};
+use byoc_gate::Clock;
+use byoc_gate::approval;
+use byoc_gate::checks::{Action, Verified};
+use byoc_gate::decide::decision_detail;
+use byoc_gate::policy::{Decision, PolicyHandle};
+
 use crate::config::ExecutorConfig;
-use crate::now_ms;
+use crate::outbound::SessionSender;
 use crate::outbox::{Cmd, Outbox};
-use crate::policy::{Decision, PolicyHandle};
-use crate::session::SessionSender;
 
 /// Retries of one provider step on throttling or transient errors.
 const MAX_RETRIES: usize = 8;
@@ -45,6 +47,7 @@ pub struct Executor {
     /// Operations waiting for approval, with the progress that says so
     /// (sent again on every new session: progress is not resent otherwise).
     held: Mutex<HashMap<String, OperationProgress>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What an executor works with, from the running agent.
@@ -55,6 +58,7 @@ pub struct Parts {
     pub session: SessionSender,
     pub policy: Arc<PolicyHandle>,
     pub data_dir: PathBuf,
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Executor {
@@ -70,6 +74,7 @@ impl Executor {
             policy: parts.policy,
             data_dir: parts.data_dir,
             held: Mutex::new(HashMap::new()),
+            clock: parts.clock,
         })
     }
 
@@ -106,10 +111,10 @@ impl Executor {
     /// `approval`: the policy rule that holds it for a local approval first.
     pub fn spawn(self: &Arc<Self>, v: Verified, resumed: bool, approval: Option<String>) {
         let token = CancellationToken::new();
-        self.in_flight().insert(v.op.id.clone(), token.clone());
+        self.in_flight().insert(v.id.clone(), token.clone());
         let this = self.clone();
         tokio::spawn(async move {
-            let id = v.op.id.clone();
+            let id = v.id.clone();
             this.run(v, resumed, token, approval).await;
             this.in_flight().remove(&id);
         });
@@ -122,7 +127,7 @@ impl Executor {
                 Ok(plan) => Some((rule.as_str(), plan)),
                 Err((plan, failure)) => {
                     if self.finish(&v, plan, Err(failure), serde_json::Value::Null).await {
-                        approval::remove(&self.data_dir, &v.op.id);
+                        approval::remove(&self.data_dir, &v.id);
                     }
                     return;
                 }
@@ -132,7 +137,7 @@ impl Executor {
             return;
         };
         if self.finish(&v, plan, outcome, calls).await && approval.is_some() {
-            approval::remove(&self.data_dir, &v.op.id);
+            approval::remove(&self.data_dir, &v.id);
         }
     }
 
@@ -148,7 +153,7 @@ impl Executor {
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
             return None;
         };
-        let op_id = v.op.id.clone();
+        let op_id = v.id.clone();
         let started = Event::new(
             if resumed {
                 "operation.resumed"
@@ -169,11 +174,11 @@ impl Executor {
             calls: Mutex::new(Calls::default()),
         };
         let (plan, outcome) = match self.audit.record_before_next(started) {
-            Err(e) => (None, Err(Failure::AuditUnavailable(e.to_string()))),
+            Err(e) => (None, Err(Failure::AuditUnavailable(byoc_errors::chain(&e)))),
             Ok(_) => {
                 let ctx = CallContext {
                     operation_id: &op_id,
-                    idempotency_key: &v.op.idempotency_key,
+                    idempotency_key: &v.idempotency_key,
                     hooks: &hooks,
                 };
                 tokio::select! {
@@ -199,8 +204,8 @@ impl Executor {
         outcome: Result<Option<Outputs>, Failure>,
         calls: serde_json::Value,
     ) -> bool {
-        let op_id = v.op.id.clone();
-        let result = to_result(v, plan, outcome);
+        let op_id = v.id.clone();
+        let result = to_result(v, plan, outcome, self.clock.now_ms());
         let finished = Event::new(
             "operation.finished",
             Some(&op_id),
@@ -218,7 +223,8 @@ impl Executor {
         // agent stays up to refuse what comes next and say why.
         if let Err(e) = self.audit.record(finished).await {
             let msg = format!(
-                "the audit log cannot record the outcome ({e}); the result is held until the agent restarts with a working log"
+                "the audit log cannot record the outcome ({}); the result is held until the agent restarts with a working log",
+                byoc_errors::chain(&e)
             );
             error!(op = %op_id, "{msg}");
             self.session.try_send(AgentMessage {
@@ -292,12 +298,12 @@ impl Executor {
         else {
             return Ok(());
         };
-        let mut detail = crate::run::decision_detail(&d, &loaded.sha256);
+        let mut detail = decision_detail(&d, &loaded.sha256);
         detail["observed"] = json!(true);
         self.audit
-            .record(Event::new("policy.decision", Some(&v.op.id), detail))
+            .record(Event::new("policy.decision", Some(&v.id), detail))
             .await
-            .map_err(|e| Failure::AuditUnavailable(e.to_string()))?;
+            .map_err(|e| Failure::AuditUnavailable(byoc_errors::chain(&e)))?;
         let Decision::Deny { rule, message, field } = d else {
             return Ok(());
         };
@@ -355,17 +361,22 @@ enum Failure {
     },
 }
 
-fn to_result(v: &Verified, plan: Option<Plan>, outcome: Result<Option<Outputs>, Failure>) -> OperationResult {
+fn to_result(
+    v: &Verified,
+    plan: Option<Plan>,
+    outcome: Result<Option<Outputs>, Failure>,
+    now_ms: i64,
+) -> OperationResult {
     let plan = plan.map(|p| plan_to_wire(&p)).unwrap_or_default();
     let mut r = OperationResult {
         result_seq: 0,
-        operation_id: v.op.id.clone(),
-        sequence: v.op.sequence,
+        operation_id: v.id.clone(),
+        sequence: v.sequence,
         outcome: Outcome::Succeeded as i32,
         outputs: None,
         plan,
         problem: None,
-        finished_at_unix_ms: now_ms(),
+        finished_at_unix_ms: now_ms,
     };
     let failure = match outcome {
         Ok(out) => {
@@ -522,7 +533,7 @@ impl CallHooks for Hooks<'_> {
             .record(ev)
             .await
             .map(|_| ())
-            .map_err(|e| format!("audit log unavailable: {e}"))
+            .map_err(|e| format!("audit log unavailable: {}", byoc_errors::chain(&e)))
     }
 
     fn called(&self, call: &ProviderCall, request_id: &str, error: Option<&str>) {

@@ -61,7 +61,7 @@ fn read(path: &Path) -> Result<Vec<u8>, IdentityError> {
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync
 /// of the directory), with `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), IdentityError> {
-    byoc_audit::wal::write_atomic(path, bytes, mode).map_err(|source| IdentityError::Io {
+    byoc_wal::write_atomic(path, bytes, mode).map_err(|source| IdentityError::Io {
         path: path.into(),
         source,
     })
@@ -82,7 +82,7 @@ fn recover_renewal(dir: &Path) -> Result<(), IdentityError> {
             std::fs::rename(&key_next, dir.join("agent.key")).map_err(|e| io(&key_next, e))?;
         }
         std::fs::rename(&cert_next, dir.join("agent.der")).map_err(|e| io(&cert_next, e))?;
-        byoc_audit::wal::sync_dir(&cert_next).map_err(|e| io(dir, e))?;
+        byoc_wal::sync_dir(&cert_next).map_err(|e| io(dir, e))?;
     } else if key_next.exists() {
         std::fs::remove_file(&key_next).map_err(|e| io(&key_next, e))?;
     }
@@ -148,7 +148,7 @@ impl Identity {
         };
         std::fs::rename(self.dir.join("agent.key.next"), self.dir.join("agent.key")).map_err(|e| io(&self.dir, e))?;
         std::fs::rename(self.dir.join("agent.der.next"), self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
-        byoc_audit::wal::sync_dir(&self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
+        byoc_wal::sync_dir(&self.dir.join("agent.der")).map_err(|e| io(&self.dir, e))?;
         self.enrollment.certificate_not_after_unix_ms = not_after_ms;
         self.enrollment.certificate_issued_unix_ms = now_ms;
         self.save_enrollment()?;

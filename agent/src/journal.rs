@@ -2,7 +2,7 @@
 //! every result it owes the control plane.
 //!
 //! `journal.log` holds JSON lines, each fsync'd before the step it records is
-//! taken (group-committed, see `byoc_audit::wal`):
+//! taken (group-committed, see `byoc_wal`):
 //!
 //! - `op`: an operation was accepted (the signed protobuf, base64): from now on
 //!   it is resumed after any crash until it has a result;
@@ -24,14 +24,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use byoc_audit::wal::{self, Sealer, Wal, WalError};
 use byoc_proto::agent::v1::{Operation, OperationResult};
 use byoc_proto::record::{from_base64, to_base64};
+use byoc_wal::{self as wal, Sealer, Wal, WalError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal: {0}")]
+    #[error("journal")]
     Wal(#[from] WalError),
     #[error("journal {path} line {line} is damaged: {message}; the agent will not guess what it had promised")]
     Corrupt { path: String, line: usize, message: String },

@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use byoc_agent::approval::Verdict;
 use byoc_agent::config::Config;
+use byoc_gate::approval::Choice;
+use byoc_gate::{Clock as _, SystemClock};
+use byoc_provider::ResourceKind;
 use clap::{Parser, Subcommand};
 
 /// The byoc agent: runs in your cloud account, dials out to a control plane over
@@ -43,9 +45,15 @@ enum Cmd {
         config: PathBuf,
     },
     /// Show connection state, certificate expiry and operations in flight.
+    ///
+    /// Exit code 0: running; 3: not running (or not enrolled).
     Status {
         #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
         config: PathBuf,
+        /// Print the status as one JSON object (the format of `status.json`
+        /// plus `running`; docs/status.md) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Local kill switch: refuse every operation until `resume`. Works whether
     /// or not the agent is running; the agent audits who paused it and why.
@@ -65,8 +73,8 @@ enum Cmd {
     /// action the provider calls for the given resource kinds, nothing else.
     /// Attach it to the agent's role (the install module does). Offline.
     IamPolicy {
-        /// The cloud (only `aws` so far).
-        #[arg(long, value_parser = ["aws"])]
+        /// The cloud (those built into this agent; the simulated cloud needs none).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(byoc_providers::built()))]
         cloud: String,
         /// Resource kinds the agent will manage (default: every kind the
         /// provider supports), comma-separated.
@@ -256,11 +264,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(byoc_agent::run::run(cfg))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Status { config } => status(&Config::load(&config)?),
+        Cmd::Status { config, json } => status(&Config::load(&config)?, json),
         Cmd::Pause { config, reason } => {
             let cfg = Config::load(&config)?;
-            let p = byoc_agent::pause::pause(&cfg.data_dir, &reason, byoc_agent::now_ms())
-                .with_context(|| format!("writing {}", byoc_agent::pause::path(&cfg.data_dir).display()))?;
+            let p = byoc_gate::pause::pause(&cfg.data_dir, &reason, SystemClock.now_ms())
+                .with_context(|| format!("writing {}", byoc_gate::pause::path(&cfg.data_dir).display()))?;
             println!(
                 "paused by {}: every operation is refused until `byoc-agent resume`",
                 p.by
@@ -269,8 +277,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Resume { config } => {
             let cfg = Config::load(&config)?;
-            let was = byoc_agent::pause::resume(&cfg.data_dir)
-                .with_context(|| format!("removing {}", byoc_agent::pause::path(&cfg.data_dir).display()))?;
+            let was = byoc_gate::pause::resume(&cfg.data_dir)
+                .with_context(|| format!("removing {}", byoc_gate::pause::path(&cfg.data_dir).display()))?;
             println!(
                 "{}",
                 if was {
@@ -283,11 +291,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Approvals { config, json } => {
             let cfg = Config::load(&config)?;
-            byoc_agent::approval::print_list(&cfg.data_dir, json, byoc_agent::now_ms())?;
+            byoc_gate::approval::print_list(&cfg.data_dir, json, SystemClock.now_ms())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Approve { op_id, reason, config } => decide(&config, &op_id, Verdict::Approve, &reason),
-        Cmd::Reject { op_id, reason, config } => decide(&config, &op_id, Verdict::Reject, &reason),
+        Cmd::Approve { op_id, reason, config } => decide(&config, &op_id, Choice::Approve, &reason),
+        Cmd::Reject { op_id, reason, config } => decide(&config, &op_id, Choice::Reject, &reason),
         Cmd::Policy {
             cmd: PolicyCmd::Check { policy, operation },
         } => Ok(ExitCode::from(byoc_agent::policy_cmd::check(
@@ -304,23 +312,26 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             byoc_agent::policy_cmd::show(policy.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::IamPolicy { cloud: _, kinds } => {
-            let supported = byoc_provider_aws::iam::KINDS;
-            let kinds: Vec<&str> = if kinds.is_empty() {
-                supported.to_vec()
+        Cmd::IamPolicy { cloud, kinds } => {
+            let kinds: Vec<ResourceKind> = if kinds.is_empty() {
+                ResourceKind::ALL.to_vec()
             } else {
-                kinds.iter().map(String::as_str).collect()
+                kinds
+                    .iter()
+                    .map(|k| {
+                        ResourceKind::ALL.into_iter().find(|r| r.as_str() == k).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "{k:?} is not a resource kind; the kinds are: {}",
+                                ResourceKind::ALL.map(|r| r.as_str()).join(", ")
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?
             };
-            if let Some(k) = kinds.iter().find(|k| !supported.contains(k)) {
-                anyhow::bail!(
-                    "the AWS provider does not manage {k:?} resources; it manages: {}",
-                    supported.join(", ")
-                );
+            match byoc_providers::permissions(&cloud, &kinds)? {
+                Some(doc) => println!("{}", serde_json::to_string_pretty(&doc)?),
+                None => println!("the {cloud} cloud needs no permissions"),
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&byoc_provider_aws::iam::policy(&kinds))?
-            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Audit { cmd } => audit(cmd),
@@ -395,13 +406,13 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn decide(config: &Path, op_id: &str, verdict: Verdict, reason: &str) -> anyhow::Result<ExitCode> {
+fn decide(config: &Path, op_id: &str, verdict: Choice, reason: &str) -> anyhow::Result<ExitCode> {
     let cfg = Config::load(config)?;
-    let h = byoc_agent::approval::decide(&cfg.data_dir, op_id, verdict, reason, byoc_agent::now_ms())?;
+    let h = byoc_gate::approval::decide(&cfg.data_dir, op_id, verdict, reason, SystemClock.now_ms())?;
     let what = format!("{} {} {}", h.action, h.kind, h.name);
     match verdict {
-        Verdict::Approve => println!("approved {op_id} ({what}); the running agent carries it out and reports it"),
-        Verdict::Reject => println!("rejected {op_id} ({what}); the running agent refuses it"),
+        Choice::Approve => println!("approved {op_id} ({what}); the running agent carries it out and reports it"),
+        Choice::Reject => println!("rejected {op_id} ({what}); the running agent refuses it"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -413,22 +424,26 @@ fn fmt_ms(ms: i64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)).to_string()
 }
 
-fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let path = byoc_agent::status::path(&cfg.data_dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(_) => {
-            println!(
-                "not running (no {}); enrolled: {}",
-                path.display(),
-                byoc_agent::identity::Identity::is_enrolled(&cfg.data_dir)
-            );
-            return Ok(ExitCode::from(3));
-        }
+fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let report = byoc_agent::status::Report::read(&cfg.data_dir)?;
+    let code = if report.running {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     };
-    let s: byoc_agent::status::Status =
-        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    let alive = Path::new(&format!("/proc/{}", s.pid)).exists() && s.connection != "stopped";
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(code);
+    }
+    let Some(s) = report.agent else {
+        println!(
+            "not running (no {}); enrolled: {}",
+            byoc_agent::status::path(&cfg.data_dir).display(),
+            report.enrolled
+        );
+        return Ok(code);
+    };
+    let alive = report.running;
     println!("agent:          {} (version {})", s.agent_id, s.version);
     println!(
         "process:        {}",
@@ -447,7 +462,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     if let Some(e) = &s.last_error {
         println!("last error:     {e}");
     }
-    let left = (s.certificate_not_after_unix_ms - byoc_agent::now_ms()) / 1000;
+    let left = (s.certificate_not_after_unix_ms - SystemClock.now_ms()) / 1000;
     println!(
         "certificate:    expires {} ({})",
         fmt_ms(s.certificate_not_after_unix_ms),
@@ -476,7 +491,7 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
     }
     println!("unacked results: {}", s.results_unacknowledged);
     // The switch itself, not the agent's last view of it.
-    if let Some(p) = &byoc_agent::pause::read(&cfg.data_dir) {
+    if let Some(p) = &s.paused {
         println!(
             "PAUSED:         since {} by {}: {}",
             fmt_ms(p.since_unix_ms),
@@ -484,5 +499,5 @@ fn status(cfg: &Config) -> anyhow::Result<ExitCode> {
             p.reason
         );
     }
-    Ok(if alive { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(code)
 }

@@ -12,7 +12,12 @@ use byoc_proto::agent::v1::{AgentMessage, OperationResult, agent_message};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
 
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
+
+/// The outbox cannot keep results durably: the agent stops rather than lose one.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot record operation results durably")]
+pub struct OutboxFailed(#[source] pub JournalError);
 
 pub enum Cmd {
     /// A finished operation's result (its `result_seq` is assigned here).
@@ -36,7 +41,7 @@ impl Outbox {
         pending: BTreeMap<u64, OperationResult>,
         acked: u64,
         highest: u64,
-        fatal: mpsc::UnboundedSender<String>,
+        fatal: mpsc::UnboundedSender<OutboxFailed>,
     ) -> (Self, tokio::sync::watch::Receiver<OutboxStats>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (stats_tx, stats_rx) = tokio::sync::watch::channel(OutboxStats {
@@ -83,7 +88,7 @@ fn message(r: &OperationResult) -> AgentMessage {
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, fatal: mpsc::UnboundedSender<String>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, fatal: mpsc::UnboundedSender<OutboxFailed>) {
         let mut batch = Vec::new();
         while rx.recv_many(&mut batch, 1024).await > 0 {
             let mut results = Vec::new();
@@ -117,7 +122,7 @@ impl Task {
             let (written, acked) = tokio::join!(futures::future::join_all(writes), ack_write);
             if let Err(e) = written.into_iter().collect::<Result<Vec<()>, _>>() {
                 error!(error = %e, "cannot record results durably");
-                let _ = fatal.send(format!("cannot record operation results durably: {e}"));
+                let _ = fatal.send(OutboxFailed(e));
                 return;
             }
             match acked {

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::opfile;
-use crate::policy::{Decision, Loaded, Request};
+use byoc_gate::opfile;
+use byoc_gate::policy::{Decision, Loaded, Request};
 
 /// Exit codes of `policy check`.
 pub const EXIT_ALLOW: u8 = 0;

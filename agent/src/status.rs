@@ -25,14 +25,62 @@ pub struct Status {
     #[serde(default)]
     pub awaiting_approval: Vec<String>,
     pub results_unacknowledged: usize,
-    pub paused: Option<crate::pause::Pause>,
+    pub paused: Option<byoc_gate::pause::Pause>,
     pub updated_unix_ms: i64,
+}
+
+/// What `byoc-agent status --json` prints: whether the agent runs, and its
+/// last published state, with the kill switch as it is now (not as the
+/// agent last saw it). Frozen by `agent/tests/golden/status.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// A process with the published pid exists and the agent has not stopped.
+    pub running: bool,
+    pub enrolled: bool,
+    /// The agent's last published state (None: it never ran with this data
+    /// directory). `connection` is `stopped` when not running.
+    pub agent: Option<Status>,
+}
+
+/// `status.json` exists but cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {}", path.display())]
+pub struct ReportError {
+    pub path: PathBuf,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl Report {
+    pub fn read(data_dir: &Path) -> Result<Self, ReportError> {
+        let enrolled = crate::identity::Identity::is_enrolled(data_dir);
+        let path = path(data_dir);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return Ok(Self {
+                running: false,
+                enrolled,
+                agent: None,
+            });
+        };
+        let mut s: Status = serde_json::from_str(&text).map_err(|source| ReportError { path, source })?;
+        let running = Path::new(&format!("/proc/{}", s.pid)).exists() && s.connection != "stopped";
+        if !running {
+            s.connection = "stopped".into();
+        }
+        s.paused = byoc_gate::pause::read(data_dir);
+        Ok(Self {
+            running,
+            enrolled,
+            agent: Some(s),
+        })
+    }
 }
 
 #[derive(Clone)]
 pub struct StatusHandle {
     inner: Arc<Mutex<Status>>,
     dirty: Arc<Notify>,
+    clock: Arc<dyn byoc_gate::Clock>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -41,10 +89,11 @@ pub fn path(data_dir: &Path) -> PathBuf {
 
 impl StatusHandle {
     /// Starts the writer task for `data_dir/status.json`.
-    pub fn start(data_dir: &Path, initial: Status) -> Self {
+    pub fn start(data_dir: &Path, initial: Status, clock: Arc<dyn byoc_gate::Clock>) -> Self {
         let handle = Self {
             inner: Arc::new(Mutex::new(initial)),
             dirty: Arc::new(Notify::new()),
+            clock,
         };
         let h = handle.clone();
         let file = path(data_dir);
@@ -63,7 +112,7 @@ impl StatusHandle {
         {
             let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             f(&mut s);
-            s.updated_unix_ms = crate::now_ms();
+            s.updated_unix_ms = self.clock.now_ms();
         }
         self.dirty.notify_one();
     }

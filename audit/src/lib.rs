@@ -4,9 +4,10 @@
 //!   Merkle tree, signed checkpoints, a receipt per operation outcome;
 //! - [`merkle`]: RFC 6962 hashing and proofs;
 //! - [`note`]: the C2SP formats (signed note, checkpoint, tlog-proof);
-//! - [`verify`]: the offline verifier (also the `byoc-audit-verify` binary);
-//! - [`wal`]: a durable, append-only, group-committed file of lines (also used
-//!   by the agent's journal and the reference control plane's store).
+//! - [`verify`]: the offline verifier (also the `byoc-audit-verify` binary).
+//!
+//! Durability comes from `byoc-wal` (one group-committed `fdatasync` per
+//! batch), the same file the agent's journal and the control plane's store use.
 //!
 //! The log is written *before* the action it records: a caller acts only after
 //! [`AuditLog::record`] returned `Ok`. This crate has no network code.
@@ -17,7 +18,6 @@ pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod verify;
-pub mod wal;
 
 pub use log::{AuditError, AuditLog, Entry, Event, Options, Receipt, load_or_create_key};
 

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::merkle::{self, Frontier, Hash, Recent};
 use crate::note::{Checkpoint, Signer, TlogProof, Verifier};
-use crate::wal::{self, Sealer, Wal, WalError};
+use byoc_wal::{self as wal, Sealer, Wal, WalError};
 
 /// File names inside a log directory.
 pub const ENTRIES: &str = "log.jsonl";

@@ -121,7 +121,7 @@ fn corrupt(path: &Path, message: impl ToString) -> PkiError {
 
 /// Writes `path` atomically and durably with `mode`.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PkiError> {
-    byoc_audit::wal::write_atomic(path, bytes, mode).map_err(io_err(path))
+    byoc_wal::write_atomic(path, bytes, mode).map_err(io_err(path))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PkiError> {

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use byoc_audit::wal::{self, Plain, Wal, WalError};
 use byoc_proto::agent::v1::{Operation, OperationResult, Target};
 use byoc_proto::record::{from_base64, to_base64};
+use byoc_wal::{self as wal, Plain, Wal, WalError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]

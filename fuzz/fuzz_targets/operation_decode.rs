@@ -33,10 +33,10 @@ fuzz_target!(|data: &[u8]| {
 
 fn operation(op: &Operation) {
     let checked = check_and_assert(&checker(false), op);
-    let decoded = byoc_agent::checks::decode(op.clone());
+    let decoded = byoc_gate::checks::decode(op.clone());
     // Once every other check passed, the outcome is the decoder's.
     if let Ok(v) = &checked {
-        let d = decoded.as_ref().map(|d| (&d.op, d.action, &d.spec));
-        assert_eq!(d, Ok((&v.op, v.action, &v.spec)));
+        let d = decoded.as_ref().map(|d| (d.signed(), d.action, &d.spec));
+        assert_eq!(d, Ok((v.signed(), v.action, &v.spec)));
     }
 }

@@ -10,8 +10,8 @@
 
 use std::sync::LazyLock;
 
-use byoc_agent::checks::{Action, kind};
-use byoc_agent::policy::{self, Decision, Pattern, Policy, Request, Verdict};
+use byoc_gate::checks::{Action, kind};
+use byoc_gate::policy::{self, Decision, Effect, Pattern, Policy, Request};
 use byoc_fuzz::SPECS;
 use byoc_provider::ResourceSpec;
 use libfuzzer_sys::fuzz_target;
@@ -91,7 +91,7 @@ fn decide(p: &Policy, req: &Request<'_>) {
         assert_eq!(d.rule(), "read_only", "a read-only policy let {action} through: {d:?}");
     }
     let verdict = p.kinds.get(&(kind, action)).map(|v| v.value);
-    if verdict == Some(Verdict::Deny) {
+    if verdict == Some(Effect::Deny) {
         assert!(
             matches!(d, Decision::Deny { .. }),
             "kinds.{kind}.{action} = deny did not deny: {d:?}"
@@ -100,7 +100,7 @@ fn decide(p: &Policy, req: &Request<'_>) {
     if let Decision::Allow { .. } = d {
         assert_ne!(
             verdict,
-            Some(Verdict::Approve),
+            Some(Effect::Approve),
             "kinds.{kind}.{action} = approve allowed without approval"
         );
         assert!(!(p.read_only.value && req.action != Action::Plan));

@@ -8,9 +8,9 @@
 use std::sync::LazyLock;
 
 use aws_lc_rs::signature::Ed25519KeyPair;
-use byoc_agent::checks::{self, Checker, MAX_CLOCK_SKEW_MS, Refusal, Verified};
-use byoc_agent::config::TargetConfig;
-use byoc_agent::pause::Pause;
+use byoc_gate::TargetConfig;
+use byoc_gate::checks::{self, Checker, MAX_CLOCK_SKEW_MS, Refusal, Verified};
+use byoc_gate::pause::Pause;
 use byoc_proto::agent::v1::{Action, Operation, ResourceKind, Target};
 use byoc_proto::signing;
 
@@ -112,7 +112,8 @@ pub fn check_and_assert(checker: &Checker<'_>, op: &Operation) -> Result<Verifie
     match &result {
         Ok(v) => {
             assert!(signed, "accepted an operation whose signature does not verify");
-            assert_eq!(&v.op, op, "the verified operation is not the one checked");
+            assert_eq!(v.signed(), op, "the verified operation is not the one checked");
+            assert_eq!((v.id.as_str(), v.sequence), (op.id.as_str(), op.sequence), "the verified id or sequence is not the operation's");
             assert_eq!(op.agent_id, checker.agent_id, "accepted an operation for another agent");
             assert!(op.sequence > checker.highest_seq, "accepted a replayed sequence");
             assert!(checker.paused.is_none(), "accepted an operation while paused");
@@ -170,8 +171,8 @@ pub fn check_and_assert(checker: &Checker<'_>, op: &Operation) -> Result<Verifie
         &result,
     ) {
         (Ok(resumed), Ok(v)) => assert_eq!(
-            (&resumed.op, resumed.action, &resumed.spec),
-            (&v.op, v.action, &v.spec),
+            (resumed.signed(), resumed.action, &resumed.spec),
+            (v.signed(), v.action, &v.spec),
             "resumed differently than checked"
         ),
         (Err(r), Ok(_)) => panic!("an accepted operation cannot be resumed: {r:?}"),

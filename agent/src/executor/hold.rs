@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Calls, Executor, Failure, Hooks, retry};
-use crate::approval::{self, Decided, Hold, Verdict, fmt_ms};
-use crate::checks::{Action, Verified};
-use crate::now_ms;
-use crate::policy::{Decision, Request};
+use byoc_gate::approval::{self, Choice, Decided, Hold, fmt_ms};
+use byoc_gate::checks::{Action, Verified};
+use byoc_gate::decide::decision_detail;
+use byoc_gate::policy::{Decision, Request};
 
 /// How often a held operation looks for a decision file.
 const POLL: Duration = Duration::from_millis(200);
@@ -40,16 +40,16 @@ impl Executor {
     /// Holds `v` until a local decision. Ok: approved, with the plan that was
     /// approved; Err: the plan (if any) and why it must not run.
     pub(super) async fn hold(&self, v: &Verified, resumed: bool, rule: &str, cancel: &CancellationToken) -> Held {
-        let op_id = &v.op.id;
-        let audit = |e: byoc_audit::AuditError| Failure::AuditUnavailable(e.to_string());
+        let op_id = &v.id;
+        let audit = |e: byoc_audit::AuditError| Failure::AuditUnavailable(byoc_errors::chain(&e));
         let mut hold = match approval::read_hold(&self.data_dir, op_id) {
             Some(h) => h,
             None => {
-                let now = now_ms();
+                let now = self.clock.now_ms();
                 let window = self.policy.current().policy.approval_window();
                 Hold {
                     operation_id: op_id.clone(),
-                    sequence: v.op.sequence,
+                    sequence: v.sequence,
                     action: v.action.as_str().into(),
                     kind: v.spec.kind().as_str().into(),
                     name: v.spec.name().into(),
@@ -125,7 +125,7 @@ impl Executor {
         match waited {
             Waited::Cancelled => Err(fail(Failure::Cancelled)),
             Waited::Decided(d)
-                if d.decision.decision == Verdict::Approve && d.decision.at_unix_ms <= hold.expires_at_unix_ms =>
+                if d.decision.decision == Choice::Approve && d.decision.at_unix_ms <= hold.expires_at_unix_ms =>
             {
                 let who = who(&d);
                 let ev = Event::new(
@@ -142,7 +142,7 @@ impl Executor {
                 self.announce(op_id, "approved", format!("approved on the agent host by {who}"), false);
                 Ok(plan)
             }
-            Waited::Decided(d) if d.decision.decision == Verdict::Reject => {
+            Waited::Decided(d) if d.decision.decision == Choice::Reject => {
                 let who = who(&d);
                 let ev = Event::new(
                     "approval.rejected",
@@ -185,7 +185,7 @@ impl Executor {
         let Ok(_permit) = self.permits.clone().acquire_owned().await else {
             return Err(Failure::Cancelled);
         };
-        let op_id = &v.op.id;
+        let op_id = &v.id;
         let planning = Event::new(
             "approval.planning",
             Some(op_id),
@@ -194,7 +194,7 @@ impl Executor {
         // Made durable by the first provider call's record, as operation.started is.
         self.audit
             .record_before_next(planning)
-            .map_err(|e| Failure::AuditUnavailable(e.to_string()))?;
+            .map_err(|e| Failure::AuditUnavailable(byoc_errors::chain(&e)))?;
         let hooks = Hooks {
             calls: Mutex::new(Calls::default()),
             audit: &self.audit,
@@ -204,7 +204,7 @@ impl Executor {
         };
         let ctx = CallContext {
             operation_id: op_id,
-            idempotency_key: &v.op.idempotency_key,
+            idempotency_key: &v.idempotency_key,
             hooks: &hooks,
         };
         use byoc_provider::CallHooks as _;
@@ -230,12 +230,12 @@ impl Executor {
                 Err(e) => {
                     // Fails closed: an unreadable decision approves nothing.
                     if !warned {
-                        warn!(op = %op_id, error = %e, "ignoring an approval decision the agent cannot read");
+                        warn!(op = %op_id, error = %byoc_errors::Chain(&e), "ignoring an approval decision the agent cannot read");
                         warned = true;
                     }
                 }
             }
-            let left = expires_at.saturating_sub(now_ms());
+            let left = expires_at.saturating_sub(self.clock.now_ms());
             if left <= 0 {
                 return Waited::Expired;
             }
@@ -251,15 +251,15 @@ impl Executor {
         let loaded = self.policy.current();
         let d = loaded.policy.evaluate(&Request {
             action: v.action,
-            region: v.op.target.as_ref().map(|t| t.region.as_str()),
+            region: Some(&v.region),
             spec: &v.spec,
         });
-        let mut detail = crate::run::decision_detail(&d, &loaded.sha256);
+        let mut detail = decision_detail(&d, &loaded.sha256);
         detail["stage"] = json!("approved");
         self.audit
-            .record(Event::new("policy.decision", Some(&v.op.id), detail))
+            .record(Event::new("policy.decision", Some(&v.id), detail))
             .await
-            .map_err(|e| Failure::AuditUnavailable(e.to_string()))?;
+            .map_err(|e| Failure::AuditUnavailable(byoc_errors::chain(&e)))?;
         match d {
             Decision::Deny { rule, message, field } => Err(Failure::Refused {
                 code: "policy_denied",

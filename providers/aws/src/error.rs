@@ -111,11 +111,11 @@ where
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             ProviderError::Transient {
-                message: format!("{action}: {}", chain(e)),
+                message: format!("{action}: {}", byoc_errors::chain(e)),
             }
         }
         _ => ProviderError::Transient {
-            message: format!("{action}: {}", chain(e)),
+            message: format!("{action}: {}", byoc_errors::chain(e)),
         },
     };
     Failed { error, request_id }
@@ -198,19 +198,6 @@ where
         }
         _ => false,
     }
-}
-
-fn chain(e: &(dyn StdError + 'static)) -> String {
-    let mut parts = Vec::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let m = err.to_string();
-        if !parts.iter().any(|p: &String| p.contains(&m)) {
-            parts.push(m);
-        }
-        cur = err.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

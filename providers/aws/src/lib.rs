@@ -105,6 +105,48 @@ pub fn endpoint_override_in_env(vars: impl IntoIterator<Item = (String, String)>
 /// Not part of any observed spec.
 pub(crate) const TOKEN_TAG: &str = "byoc:create-token";
 
+/// Why the AWS provider could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(
+        "{var} is set: the AWS endpoint can be overridden only by provider.aws.endpoint_url in agent.toml (for emulators); unset {var}"
+    )]
+    EndpointInEnvironment { var: String },
+    #[error(
+        "the AWS configuration (profile {profile}) sets endpoint_url {url:?}: the endpoint can be overridden only by provider.aws.endpoint_url in agent.toml; remove it from the profile"
+    )]
+    EndpointInProfile { profile: String, url: String },
+}
+
+/// AWS, as the registry opens it (`[provider.aws]`).
+#[derive(Debug)]
+pub struct Aws;
+
+#[async_trait]
+impl byoc_provider::Cloud for Aws {
+    const NAME: &'static str = "aws";
+    type Config = AwsConfig;
+
+    fn check_target(cfg: &AwsConfig, target: &byoc_provider::TargetRef<'_>) -> Result<(), String> {
+        if cfg.region != target.region {
+            return Err(format!(
+                "provider.aws.region {:?} is not target.region {:?}",
+                cfg.region, target.region
+            ));
+        }
+        Ok(())
+    }
+
+    async fn open(cfg: AwsConfig) -> Result<std::sync::Arc<dyn Provider>, byoc_provider::BoxError> {
+        Ok(std::sync::Arc::new(AwsCloud::connect(cfg).await?))
+    }
+
+    fn permissions(kinds: &[byoc_provider::ResourceKind]) -> Option<serde_json::Value> {
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+        Some(iam::policy(&kinds))
+    }
+}
+
 /// The AWS cloud, as the executor sees it.
 pub struct AwsCloud {
     cfg: AwsConfig,
@@ -118,11 +160,9 @@ impl AwsCloud {
     /// endpoint that agent.toml did not set (an `AWS_ENDPOINT_URL*` variable,
     /// a profile's `endpoint_url`): the agent's credentials go to AWS, or to
     /// the emulator its own config names, and nowhere else.
-    pub async fn connect(cfg: AwsConfig) -> Result<Self, String> {
+    pub async fn connect(cfg: AwsConfig) -> Result<Self, SetupError> {
         if let Some(var) = endpoint_override_in_env(std::env::vars()) {
-            return Err(format!(
-                "{var} is set: the AWS endpoint can be overridden only by provider.aws.endpoint_url in agent.toml (for emulators); unset {var}"
-            ));
+            return Err(SetupError::EndpointInEnvironment { var });
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
         if let Some(url) = &cfg.endpoint_url {
@@ -130,11 +170,10 @@ impl AwsCloud {
         }
         let sdk = loader.load().await;
         if sdk.endpoint_url() != cfg.endpoint_url.as_deref() {
-            return Err(format!(
-                "the AWS configuration (profile {}) sets endpoint_url {:?}: the endpoint can be overridden only by provider.aws.endpoint_url in agent.toml; remove it from the profile",
-                std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()),
-                sdk.endpoint_url().unwrap_or_default()
-            ));
+            return Err(SetupError::EndpointInProfile {
+                profile: std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()),
+                url: sdk.endpoint_url().unwrap_or_default().to_string(),
+            });
         }
         Ok(Self {
             eks: aws_sdk_eks::Client::new(&sdk),

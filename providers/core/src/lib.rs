@@ -11,6 +11,7 @@
 //! - [`Outputs`]: what goes back to the control plane: ids, status, endpoints and
 //!   secret *references*, never secret values.
 
+pub mod clock;
 mod error;
 pub mod plan;
 pub mod spec;
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::ProviderError;
 pub use plan::{Change, Plan, PlanSummary};
 pub use spec::{ResourceKind, ResourceSpec};
@@ -141,3 +143,39 @@ pub trait Provider: Send + Sync + 'static {
         })
     }
 }
+
+/// How the agent opens a cloud: the one thing a provider crate exposes besides
+/// its [`Provider`]. The registry (`byoc-providers`) lists the clouds that
+/// implement it, each behind a cargo feature; nothing else in the agent names
+/// a cloud.
+#[async_trait]
+pub trait Cloud {
+    /// The cloud's name: the key of its `[provider.NAME]` table in agent.toml,
+    /// `target.cloud`, and what its [`Provider::cloud`] returns.
+    const NAME: &'static str;
+    /// Its `[provider.NAME]` table in agent.toml.
+    type Config: serde::de::DeserializeOwned + std::fmt::Debug + Clone + Send + Sync + 'static;
+
+    /// Checks the provider's configuration against the agent's target, before
+    /// anything is opened. `Err` says which setting disagrees with which.
+    fn check_target(cfg: &Self::Config, target: &TargetRef<'_>) -> Result<(), String>;
+
+    /// Sets up the provider: credentials from the cloud's own chain, clients.
+    async fn open(cfg: Self::Config) -> Result<std::sync::Arc<dyn Provider>, BoxError>;
+
+    /// The least-privilege permission document the agent's cloud identity
+    /// needs to manage `kinds` (every action the provider calls, nothing
+    /// else), or None when the cloud needs no permissions (the simulated one).
+    fn permissions(kinds: &[ResourceKind]) -> Option<serde_json::Value>;
+}
+
+/// The agent's target, as a [`Cloud`] checks its configuration against it.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetRef<'a> {
+    pub cloud: &'a str,
+    pub account: &'a str,
+    pub region: &'a str,
+}
+
+/// A provider's own error type, boxed where the agent only reports it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

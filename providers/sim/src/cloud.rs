@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
+use byoc_provider::{Clock, SystemClock};
+
 use byoc_provider::{CallContext, ProviderError, ResourceKind, ResourceSpec};
 
 use crate::faults::{Faults, write_faults};
@@ -20,6 +22,9 @@ use crate::{SimConfig, SimError};
 pub struct SimCloud {
     config: SimConfig,
     shared: Arc<Shared>,
+    /// Where the simulated cloud's time comes from: resources settle when
+    /// this clock passes their `settles_at`.
+    clock: Arc<dyn Clock>,
 }
 
 /// What all `SimCloud`s of this process on one state directory share.
@@ -71,6 +76,13 @@ impl SimCloud {
     /// Opens the simulated cloud on `config.state_dir`, creating the directory
     /// (mode 0700) if it is missing.
     pub fn open(config: SimConfig) -> Result<Self, SimError> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// As [`SimCloud::open`], with time from `clock` (a paused tokio clock
+    /// in the agent's in-process tests, so that a create that takes minutes
+    /// in the simulated cloud takes no real time).
+    pub fn open_with_clock(config: SimConfig, clock: Arc<dyn Clock>) -> Result<Self, SimError> {
         create_private_dir(&config.state_dir)?;
         let dir = config
             .state_dir
@@ -90,11 +102,16 @@ impl SimCloud {
             }
         };
         tracing::debug!(state_dir = %config.state_dir.display(), "sim cloud opened");
-        Ok(Self { config, shared })
+        Ok(Self { config, shared, clock })
     }
 
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// The clock the simulated cloud's time comes from.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
     }
 
     /// The state directory (canonical path).
@@ -221,11 +238,12 @@ impl SimCloud {
     ) -> Result<Option<Live>, ProviderError> {
         self.faults(ctx, &address.action("Describe"), address).await?;
         let address = address.clone();
+        let now = self.clock.now();
         self.locked(move |store| {
             let Some((path, stored)) = store.load(&address)? else {
                 return Ok(None);
             };
-            let status = stored.status_at(SystemTime::now());
+            let status = stored.status_at(now);
             if status == ResourceStatus::Gone {
                 store.remove(&stored)?;
                 return Ok(None);
@@ -248,10 +266,10 @@ impl SimCloud {
         let action = address.action("Create");
         self.call(ctx, &action, &address, true).await?;
         let (spec, token, delay) = (spec.clone(), ctx.idempotency_key.to_string(), self.config.create_delay);
+        let now = self.clock.now();
         let live = self
             .locked(move |store| {
                 store.count_call(&action)?;
-                let now = SystemTime::now();
                 if let Some((path, existing)) = store.load(&address)? {
                     match existing.status_at(now) {
                         ResourceStatus::Gone => store.remove(&existing)?,
@@ -311,9 +329,9 @@ impl SimCloud {
         let action = address.action("Update");
         self.call(ctx, &action, &address, true).await?;
         let (spec, id, delay) = (spec.clone(), id.to_string(), self.config.update_delay);
+        let now = self.clock.now();
         self.locked(move |store| {
             store.count_call(&action)?;
-            let now = SystemTime::now();
             let mut stored = load_id(store, &address, &id, now)?.ok_or_else(|| not_found(&address, &id))?;
             let status = stored.status_at(now);
             if status != ResourceStatus::Active {
@@ -343,9 +361,9 @@ impl SimCloud {
         let action = address.action("Delete");
         self.call(ctx, &action, address, true).await?;
         let (address, id, delay) = (address.clone(), id.to_string(), self.config.delete_delay);
+        let now = self.clock.now();
         self.locked(move |store| {
             store.count_call(&action)?;
-            let now = SystemTime::now();
             let Some(mut stored) = load_id(store, &address, &id, now)? else {
                 return Ok(());
             };

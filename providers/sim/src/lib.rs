@@ -75,7 +75,7 @@ use serde::{Deserialize, Serialize};
 pub use cloud::SimCloud;
 pub use faults::{Faults, read_faults, write_faults};
 pub use record::{ResourceRecord, ResourceStatus};
-pub use store::{call_counts, list_resources};
+pub use store::{call_counts, list_resources, list_resources_at};
 
 /// Configuration of a [`SimCloud`], e.g. from the agent's config file:
 ///
@@ -178,5 +178,28 @@ impl From<SimError> for ProviderError {
             }
             SimError::Corrupt { .. } => ProviderError::Conflict { message: e.to_string() },
         }
+    }
+}
+
+/// The simulated cloud, as the registry opens it (`[provider.sim]`).
+#[derive(Debug)]
+pub struct Sim;
+
+#[async_trait::async_trait]
+impl byoc_provider::Cloud for Sim {
+    const NAME: &'static str = "sim";
+    type Config = SimConfig;
+
+    fn check_target(_cfg: &SimConfig, _target: &byoc_provider::TargetRef<'_>) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn open(cfg: SimConfig) -> Result<std::sync::Arc<dyn byoc_provider::Provider>, byoc_provider::BoxError> {
+        Ok(std::sync::Arc::new(SimCloud::open(cfg)?))
+    }
+
+    /// The simulated cloud runs in the agent's own process: no identity needed.
+    fn permissions(_kinds: &[byoc_provider::ResourceKind]) -> Option<serde_json::Value> {
+        None
     }
 }

@@ -1,8 +1,6 @@
 //! The provider side: [`Provider`] for [`SimCloud`], written the way a provider
 //! for a real cloud is: describe, decide, call, then poll until done.
 
-use std::time::SystemTime;
-
 use async_trait::async_trait;
 use byoc_provider::{CallContext, Observed, Outputs, Plan, PlanSummary, Provider, ProviderError, ResourceSpec};
 
@@ -142,7 +140,7 @@ impl SimCloud {
                     });
                 }
                 (_, status) => {
-                    let percent = live.stored.percent_at(SystemTime::now()).min(99);
+                    let percent = live.stored.percent_at(self.clock().now()).min(99);
                     let message = format!("{address} (id {id}) is {status}");
                     ctx.hooks.progress(status.as_str(), &message, Some(percent));
                 }

@@ -113,7 +113,12 @@ impl Store {
 /// observer sees it now: with the status computed from its timestamps,
 /// including resources being deleted, excluding those already gone. Reads only.
 pub fn list_resources(state_dir: &Path) -> Result<Vec<ResourceRecord>, SimError> {
-    let now = SystemTime::now();
+    list_resources_at(state_dir, SystemTime::now())
+}
+
+/// As [`list_resources`], as they are at `now` (the clock the cloud was
+/// opened with).
+pub fn list_resources_at(state_dir: &Path, now: SystemTime) -> Result<Vec<ResourceRecord>, SimError> {
     let mut records: Vec<ResourceRecord> = list_stored(state_dir)?
         .into_iter()
         .map(|(_, s)| s.to_record(now))

@@ -485,7 +485,7 @@ fn loading_names_the_file_and_hashes_its_bytes() {
     assert_ne!(l.sha256, Loaded::default_policy().sha256);
     assert_eq!(l.policy.origin, "policy.toml");
     std::fs::write(&path, "read_only = 1\n").expect("write");
-    let e = crate::connect::error_chain(&Loaded::load(Some(&path)).expect_err("invalid"));
+    let e = byoc_errors::chain(&Loaded::load(Some(&path)).expect_err("invalid"));
     assert!(e.contains("policy.toml") && e.contains("line 1"), "{e}");
     let e = Loaded::load(Some(&dir.path().join("missing.toml")))
         .expect_err("missing")

@@ -1,4 +1,8 @@
-//! A durable, append-only file of lines with group commit.
+//! `byoc-wal`: a durable, append-only file of lines with group commit.
+//!
+//! Used by the agent's audit log (`byoc-audit`), the agent's journal and the
+//! reference control plane's state log: the one place where "durable" is
+//! decided. It knows nothing of what the lines mean.
 //!
 //! One writer thread owns the file. Callers hand it items; it turns each into a
 //! line with a [`Sealer`] (in submission order), writes every pending line in one

@@ -13,7 +13,7 @@ use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::proxy::ProxyUrl;
+use super::proxy::ProxyUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -58,7 +58,7 @@ pub enum TunnelError {
 /// Connects to `proxy` and asks it for a tunnel to `host:port`. The proxy
 /// resolves `host` itself (the agent's VPC may have no DNS for it).
 pub async fn open(proxy: &ProxyUrl, host: &str, port: u16) -> Result<TokioIo<Upgraded>, TunnelError> {
-    let target = crate::connect::authority(host, port);
+    let target = super::authority(host, port);
     let name = proxy.to_string();
     let tcp = tokio::net::TcpStream::connect((proxy.host.as_str(), proxy.port))
         .await

@@ -1,8 +1,9 @@
 //! Dialing the control plane: TCP (directly, or through an HTTP CONNECT tunnel
-//! of a proxy, [`crate::proxy`]), then rustls (TLS 1.3, our configuration, end
+//! of a proxy, [`proxy`]), then rustls (TLS 1.3, our configuration, end
 //! to end with the control plane), then HTTP/2 with keepalive. The agent only
 //! ever dials out.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +12,12 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::config::ConnectionConfig;
-use crate::proxy::{ProxyConfigError, ProxySettings};
+use serde::Deserialize;
+
+pub mod proxy;
+pub mod tunnel;
+
+use proxy::{ProxyConfigError, ProxySettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -26,26 +31,16 @@ pub enum ConnectError {
     },
 }
 
-/// `e` and its causes, joined by ": ", with repeats dropped (transport errors
-/// often wrap an error that says the same).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        let msg = err.to_string();
-        if !parts.iter().any(|p| p.contains(&msg)) {
-            parts.push(msg);
-        }
-        cur = err.source();
+impl ConnectError {
+    /// True when the control plane was reached but the certificate it
+    /// presented was not accepted (as opposed to it being unreachable).
+    /// Decided on the TLS library's error type, never on text.
+    pub fn is_certificate_rejected(&self) -> bool {
+        matches!(
+            byoc_errors::find::<rustls::Error>(self),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
     }
-    parts.join(": ")
-}
-
-/// True when a connection failed because the server's certificate was not
-/// accepted (as opposed to the server being unreachable).
-pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
-    let chain = error_chain(e);
-    chain.contains("certificate") || chain.contains("UnknownIssuer") || chain.contains("ApplicationVerificationFailure")
 }
 
 /// Host and port of an `https://host:port` URL.
@@ -63,6 +58,53 @@ pub fn parse_url(url: &str) -> Result<(String, u16), ConnectError> {
     let host = uri.host().ok_or_else(|| bad("no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     Ok((host, uri.port_u16().unwrap_or(443)))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// First wait before reconnecting; doubles (with jitter) up to `max_backoff`.
+    #[serde(default = "default_min_backoff", with = "humantime_serde")]
+    pub min_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// HTTPS proxy to the control plane (HTTP CONNECT),
+    /// `http://[user[:password]@]host[:port]`; wins over `HTTPS_PROXY`.
+    #[serde(default)]
+    pub proxy: Option<proxy::ProxyUrl>,
+    /// A file whose first line is the proxy password (mode 0600), so that it
+    /// need not sit in agent.toml; the proxy URL then names only the user.
+    #[serde(default)]
+    pub proxy_password_file: Option<PathBuf>,
+    /// Hosts reached without the proxy (`NO_PROXY` syntax, as a list); wins
+    /// over `NO_PROXY`.
+    #[serde(default)]
+    pub no_proxy: Option<proxy::NoProxy>,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            min_backoff: default_min_backoff(),
+            max_backoff: default_max_backoff(),
+            connect_timeout: default_connect_timeout(),
+            proxy: None,
+            proxy_password_file: None,
+            no_proxy: None,
+        }
+    }
+}
+
+fn default_min_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// How the agent dials: its connect timeout and proxy settings.
@@ -163,7 +205,7 @@ async fn channel(
             async move {
                 let io: Box<dyn Io> = match proxy.route(&host, port) {
                     Some(p) => Box::new(
-                        tokio::time::timeout(connect_timeout, crate::tunnel::open(p, &host, port))
+                        tokio::time::timeout(connect_timeout, tunnel::open(p, &host, port))
                             .await
                             .map_err(|_| {
                                 std::io::Error::new(

@@ -4,7 +4,7 @@
 //! `no_proxy`) and from the environment (`HTTPS_PROXY`/`https_proxy`,
 //! `NO_PROXY`/`no_proxy`). Each config key wins over its environment variable;
 //! the password file applies to whichever proxy URL is in effect. The tunnel
-//! itself (HTTP CONNECT) is in [`crate::tunnel`].
+//! itself (HTTP CONNECT) is in [`super::tunnel`].
 //!
 //! A proxy password is a secret: [`ProxyUrl`] keeps it out of `Display` and
 //! `Debug`, so it cannot reach a log line, an error or the audit log by accident.
@@ -100,7 +100,7 @@ impl ProxyUrl {
 
     /// `host:port` (IPv6 literals in brackets).
     pub fn address(&self) -> String {
-        crate::connect::authority(&self.host, self.port)
+        super::authority(&self.host, self.port)
     }
 }
 
@@ -284,7 +284,7 @@ impl ProxySettings {
     /// variables: `proxy` over `HTTPS_PROXY`, then `https_proxy`; `no_proxy`
     /// over `NO_PROXY`, then `no_proxy`.
     pub fn resolve(
-        cfg: &crate::config::ConnectionConfig,
+        cfg: &super::ConnectionConfig,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ProxyConfigError> {
         let first = |names: &[&'static str]| {
@@ -435,8 +435,8 @@ mod tests {
         }
     }
 
-    fn cfg(proxy: Option<&str>, no_proxy: Option<&[&str]>) -> crate::config::ConnectionConfig {
-        crate::config::ConnectionConfig {
+    fn cfg(proxy: Option<&str>, no_proxy: Option<&[&str]>) -> crate::dial::ConnectionConfig {
+        crate::dial::ConnectionConfig {
             proxy: proxy.map(|p| ProxyUrl::parse(p).expect("url")),
             no_proxy: no_proxy.map(|n| NoProxy::parse(n.iter().copied()).expect("no_proxy")),
             ..Default::default()

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use byoc_proto::agent::v1::{self as pb, Operation};
 use byoc_provider::{ProviderError, ResourceKind, ResourceSpec};
 
-use crate::config::TargetConfig;
+use crate::TargetConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -26,12 +26,29 @@ impl Action {
     }
 }
 
-/// An operation that passed every check.
+/// An operation that passed every check, as typed values: what the gate
+/// decides on and the executor acts on. The signed message it came from is
+/// kept only to be journaled (a resumed operation is verified again).
 #[derive(Debug, Clone)]
 pub struct Verified {
-    pub op: Operation,
+    pub id: String,
+    pub sequence: u64,
+    /// Stable across retries: providers pass it to the cloud as the request token.
+    pub idempotency_key: String,
+    /// The target's region, as the operation names it.
+    pub region: String,
+    pub issued_at_unix_ms: i64,
+    pub not_after_unix_ms: i64,
     pub action: Action,
     pub spec: ResourceSpec,
+    signed: Operation,
+}
+
+impl Verified {
+    /// The operation as the control plane signed it, for the journal.
+    pub fn signed(&self) -> &Operation {
+        &self.signed
+    }
 }
 
 /// Why an operation was refused. `rule` names the check (or policy rule) that decided.
@@ -269,7 +286,17 @@ pub fn decode(op: Operation) -> Result<Verified, Refusal> {
         },
         other => Refusal::new("invalid_spec", "spec", other.to_string()),
     })?;
-    Ok(Verified { op, action, spec })
+    Ok(Verified {
+        id: op.id.clone(),
+        sequence: op.sequence,
+        idempotency_key: op.idempotency_key.clone(),
+        region: op.target.as_ref().map(|t| t.region.clone()).unwrap_or_default(),
+        issued_at_unix_ms: op.issued_at_unix_ms,
+        not_after_unix_ms: op.not_after_unix_ms,
+        action,
+        spec,
+        signed: op,
+    })
 }
 
 pub fn kind(k: i32) -> Option<ResourceKind> {

@@ -11,7 +11,7 @@
 //! The agent polls for a decision of each operation it holds; both files are
 //! removed once the operation has finished (and, at start, for operations the
 //! journal no longer holds). Each file is written atomically and durably
-//! (`byoc_audit::wal::write_atomic`). The agent audits every decision with the
+//! (`byoc_wal::write_atomic`). The agent audits every decision with the
 //! user's name and the uid that owns the decision file; the CLI cannot write
 //! the audit log, which has one writer.
 //!
@@ -44,15 +44,15 @@ pub struct Hold {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum Choice {
     Approve,
     Reject,
 }
 
 /// A local decision (`decisions/<op>.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Decision {
-    pub decision: Verdict,
+pub struct LocalDecision {
+    pub decision: Choice,
     /// `$SUDO_USER` or `$USER` of whoever ran the command.
     pub user: String,
     #[serde(default)]
@@ -64,7 +64,7 @@ pub struct Decision {
 /// the kernel says, unlike the name, which comes from the environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
-    pub decision: Decision,
+    pub decision: LocalDecision,
     pub uid: Option<u32>,
 }
 
@@ -118,7 +118,7 @@ pub fn write_hold(data_dir: &Path, hold: &Hold) -> std::io::Result<()> {
     let path = hold_path(data_dir, &hold.operation_id);
     create_dir(&path)?;
     let bytes = serde_json::to_vec_pretty(hold).map_err(std::io::Error::other)?;
-    byoc_audit::wal::write_atomic(&path, &bytes, 0o600)
+    byoc_wal::write_atomic(&path, &bytes, 0o600)
 }
 
 pub fn read_hold(data_dir: &Path, op_id: &str) -> Option<Hold> {
@@ -150,17 +150,38 @@ pub fn list(data_dir: &Path) -> std::io::Result<Vec<Hold>> {
 
 /// The decision for `op_id`, if one was made. An unreadable or damaged file
 /// is no decision (an approval fails closed); the error says why.
-pub fn read_decision(data_dir: &Path, op_id: &str) -> Result<Option<Decided>, String> {
+pub fn read_decision(data_dir: &Path, op_id: &str) -> Result<Option<Decided>, DecisionFileError> {
     use std::os::unix::fs::MetadataExt as _;
     let path = decision_path(data_dir, op_id);
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        Err(source) => return Err(DecisionFileError::Read { path, source }),
     };
-    let decision = serde_json::from_slice(&bytes).map_err(|e| format!("{} is not a decision: {e}", path.display()))?;
+    let decision = serde_json::from_slice(&bytes).map_err(|source| DecisionFileError::Invalid {
+        path: path.clone(),
+        source,
+    })?;
     let uid = std::fs::metadata(&path).ok().map(|m| m.uid());
     Ok(Some(Decided { decision, uid }))
+}
+
+/// A decision file that is there but cannot be used (no decision: an
+/// approval fails closed).
+#[derive(Debug, thiserror::Error)]
+pub enum DecisionFileError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a decision", path.display())]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// Forgets an operation's hold and decision (it has finished).
@@ -212,7 +233,7 @@ pub enum DecideError {
 
 /// `byoc-agent approve` / `reject`: records the local user's decision for the
 /// running agent to pick up. Returns the hold it decided.
-pub fn decide(data_dir: &Path, op_id: &str, verdict: Verdict, reason: &str, now_ms: i64) -> Result<Hold, DecideError> {
+pub fn decide(data_dir: &Path, op_id: &str, verdict: Choice, reason: &str, now_ms: i64) -> Result<Hold, DecideError> {
     let hold = read_hold(data_dir, op_id).ok_or_else(|| DecideError::NotHeld(op_id.to_string()))?;
     if hold.plan.is_none() {
         return Err(DecideError::NotPlanned(op_id.to_string()));
@@ -227,13 +248,13 @@ pub fn decide(data_dir: &Path, op_id: &str, verdict: Verdict, reason: &str, now_
         return Err(DecideError::AlreadyDecided {
             op: op_id.to_string(),
             verdict: match d.decision.decision {
-                Verdict::Approve => "approved",
-                Verdict::Reject => "rejected",
+                Choice::Approve => "approved",
+                Choice::Reject => "rejected",
             },
             user: d.decision.user,
         });
     }
-    let decision = Decision {
+    let decision = LocalDecision {
         decision: verdict,
         user: crate::localuser::name(),
         reason: reason.to_string(),
@@ -247,7 +268,7 @@ pub fn decide(data_dir: &Path, op_id: &str, verdict: Verdict, reason: &str, now_
     create_dir(&path).map_err(write)?;
     let bytes = serde_json::to_vec_pretty(&decision).map_err(|e| write(std::io::Error::other(e)))?;
     // Readable by the agent's user even when written by root (sudo).
-    byoc_audit::wal::write_atomic(&path, &bytes, 0o644).map_err(write)?;
+    byoc_wal::write_atomic(&path, &bytes, 0o644).map_err(write)?;
     Ok(hold)
 }
 
@@ -324,8 +345,8 @@ pub fn print_list(data_dir: &Path, json: bool, now_ms: i64) -> std::io::Result<(
 fn state(data_dir: &Path, h: &Hold, now_ms: i64) -> String {
     match read_decision(data_dir, &h.operation_id) {
         Ok(Some(d)) => match d.decision.decision {
-            Verdict::Approve => format!("approved by {}", d.decision.user),
-            Verdict::Reject => format!("rejected by {}", d.decision.user),
+            Choice::Approve => format!("approved by {}", d.decision.user),
+            Choice::Reject => format!("rejected by {}", d.decision.user),
         },
         Err(e) => format!("unreadable decision: {e}"),
         Ok(None) if h.plan.is_none() => "planning".into(),
@@ -357,28 +378,28 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path();
         assert!(matches!(
-            decide(d, "op-1", Verdict::Approve, "", 2_000),
+            decide(d, "op-1", Choice::Approve, "", 2_000),
             Err(DecideError::NotHeld(_))
         ));
         let mut h = hold("op-1", 10_000);
         h.plan = None;
         write_hold(d, &h).expect("write");
         assert!(matches!(
-            decide(d, "op-1", Verdict::Approve, "", 2_000),
+            decide(d, "op-1", Choice::Approve, "", 2_000),
             Err(DecideError::NotPlanned(_))
         ));
         write_hold(d, &hold("op-1", 10_000)).expect("write");
         assert!(matches!(
-            decide(d, "op-1", Verdict::Approve, "", 10_000),
+            decide(d, "op-1", Choice::Approve, "", 10_000),
             Err(DecideError::Expired { .. })
         ));
-        decide(d, "op-1", Verdict::Reject, "not now", 2_000).expect("decide");
+        decide(d, "op-1", Choice::Reject, "not now", 2_000).expect("decide");
         let got = read_decision(d, "op-1").expect("readable").expect("decided");
-        assert_eq!(got.decision.decision, Verdict::Reject);
+        assert_eq!(got.decision.decision, Choice::Reject);
         assert_eq!(got.decision.reason, "not now");
         assert_eq!(got.uid, crate::localuser::uid());
         assert!(matches!(
-            decide(d, "op-1", Verdict::Approve, "", 2_000),
+            decide(d, "op-1", Choice::Approve, "", 2_000),
             Err(DecideError::AlreadyDecided {
                 verdict: "rejected",
                 ..
@@ -407,7 +428,7 @@ mod tests {
         let d = dir.path();
         for op in ["op-live", "op-done"] {
             write_hold(d, &hold(op, 10_000)).expect("write");
-            decide(d, op, Verdict::Approve, "", 2_000).expect("decide");
+            decide(d, op, Choice::Approve, "", 2_000).expect("decide");
         }
         gc(d, &["op-live".to_string()]);
         let left: Vec<String> = list(d).expect("list").into_iter().map(|h| h.operation_id).collect();

@@ -56,14 +56,14 @@ impl std::fmt::Display for PolicyError {
 /// What a policy says for one action on one kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum Effect {
     Allow,
     Deny,
     /// Runs only after a local `byoc-agent approve`.
     Approve,
 }
 
-impl Verdict {
+impl Effect {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Allow => "allow",
@@ -115,7 +115,7 @@ pub struct Policy {
     pub instance_types: Option<Set<Vec<Pattern>>>,
     pub gpu_types: Option<Set<Vec<Pattern>>>,
     /// `kinds.<kind>.<action>` as written: kind → action → verdict.
-    pub kinds: BTreeMap<(&'static str, &'static str), Set<Verdict>>,
+    pub kinds: BTreeMap<(&'static str, &'static str), Set<Effect>>,
     pub limits: Limits,
     pub protected: Protected,
     pub approval_window: Set<Duration>,
@@ -244,11 +244,11 @@ struct KindsDoc {
 #[serde(deny_unknown_fields)]
 struct KindDoc {
     #[serde(default)]
-    plan: Option<Spanned<Verdict>>,
+    plan: Option<Spanned<Effect>>,
     #[serde(default)]
-    apply: Option<Spanned<Verdict>>,
+    apply: Option<Spanned<Effect>>,
     #[serde(default)]
-    delete: Option<Spanned<Verdict>>,
+    delete: Option<Spanned<Effect>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -413,7 +413,7 @@ fn compile(text: &str, doc: Doc) -> Result<Policy, PolicyError> {
     for (kind, k) in kinds {
         for (action, v) in [("plan", &k.plan), ("apply", &k.apply), ("delete", &k.delete)] {
             let Some(v) = v else { continue };
-            if action == "plan" && *v.get_ref() == Verdict::Approve {
+            if action == "plan" && *v.get_ref() == Effect::Approve {
                 return Err(c.error(
                     v,
                     &format!("kinds.{kind}.plan"),

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::eval::{DEFAULT_ALLOW, DEFAULT_DATABASE_DELETE};
-use super::{Pattern, Policy, Set, Verdict};
+use super::{Effect, Pattern, Policy, Set};
 
 impl Policy {
     /// The effective policy as text: `rule id  setting  (origin)`.
@@ -36,12 +36,12 @@ impl Policy {
                     Some(v) => (id, v.value.as_str().into(), from(v.line)),
                     None if kind == "database" && action == "delete" => (
                         id,
-                        Verdict::Approve.as_str().into(),
+                        Effect::Approve.as_str().into(),
                         format!("default: rule {DEFAULT_DATABASE_DELETE}"),
                     ),
                     None => (
                         id,
-                        Verdict::Allow.as_str().into(),
+                        Effect::Allow.as_str().into(),
                         format!("default: rule {DEFAULT_ALLOW}"),
                     ),
                 });

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use byoc_provider::{ResourceKind, ResourceSpec};
 use serde_json::Value;
 
-use super::{Pattern, Policy, Set, Verdict};
+use super::{Effect, Pattern, Policy, Set};
 use crate::checks::Action;
 
 /// What the policy is asked about: an operation that passed every other check.
@@ -87,7 +87,7 @@ impl Policy {
                 ),
             );
         }
-        if let Some(v) = verdict.filter(|v| v.value == Verdict::Deny) {
+        if let Some(v) = verdict.filter(|v| v.value == Effect::Deny) {
             return Decision::deny(
                 kind_rule,
                 "",
@@ -120,7 +120,7 @@ impl Policy {
             }
         }
         match verdict {
-            Some(v) if v.value == Verdict::Approve => Decision::NeedsApproval {
+            Some(v) if v.value == Effect::Approve => Decision::NeedsApproval {
                 message: format!("{action} of {kind} {name} needs a local approval ({})", self.at(v.line)),
                 rule: kind_rule,
             },

@@ -53,7 +53,7 @@ pub fn pause(data_dir: &Path, reason: &str, now_ms: i64) -> std::io::Result<Paus
         reason: reason.to_string(),
     };
     let bytes = serde_json::to_vec_pretty(&p).map_err(std::io::Error::other)?;
-    byoc_audit::wal::write_atomic(&path(data_dir), &bytes, 0o600)?;
+    byoc_wal::write_atomic(&path(data_dir), &bytes, 0o600)?;
     Ok(p)
 }
 
@@ -62,10 +62,56 @@ pub fn resume(data_dir: &Path) -> std::io::Result<bool> {
     let p = path(data_dir);
     match std::fs::remove_file(&p) {
         Ok(()) => {
-            byoc_audit::wal::sync_dir(&p)?;
+            byoc_wal::sync_dir(&p)?;
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+/// Watches the switch for the running agent and audits each change of it
+/// (`agent.paused` with who and why, or `agent.resumed`). Looked at for each
+/// operation and twice a second, so even a short pause that refused an
+/// operation is in the log before that refusal.
+pub struct Watcher {
+    data_dir: PathBuf,
+    audit: byoc_audit::AuditLog,
+    /// The switch as last audited. Starts as "not paused", so a pause set
+    /// while the agent was stopped is audited at start.
+    seen: tokio::sync::Mutex<Option<Pause>>,
+}
+
+impl Watcher {
+    pub fn new(data_dir: &Path, audit: byoc_audit::AuditLog) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            audit,
+            seen: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The switch now, audited first if it changed since last seen.
+    pub async fn observe(&self) -> Option<Pause> {
+        let now = read(&self.data_dir);
+        let mut seen = self.seen.lock().await;
+        if *seen != now {
+            let ev = match &now {
+                Some(p) => byoc_audit::Event::new(
+                    "agent.paused",
+                    None,
+                    serde_json::json!({ "by": p.by, "reason": p.reason, "since_unix_ms": p.since_unix_ms }),
+                )
+                .with_actor(serde_json::json!({ "local_user": p.by })),
+                None => byoc_audit::Event::new("agent.resumed", None, serde_json::json!({})),
+            };
+            // If this cannot be recorded, the next look tries again; the switch
+            // itself applies either way.
+            if self.audit.record(ev).await.is_ok() {
+                tracing::warn!(paused = now.is_some(), "local kill switch changed");
+                seen.clone_from(&now);
+            }
+        }
+        now
     }
 }
