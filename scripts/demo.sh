@@ -18,9 +18,15 @@ DEMO=demo-data
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 
-echo "==> building"
-cargo build --release --workspace --bins --locked
-BIN=target/release
+if [ "$CLOUD" = sim ]; then
+  # The simulated cloud only: no cloud SDK is compiled.
+  echo "==> building the control plane and a sim-only agent"
+  cargo build --release --locked -p byoc-control -p byoc-agent --no-default-features --features byoc-agent/sim
+else
+  echo "==> building the control plane and the agent (with the AWS provider)"
+  cargo build --release --locked -p byoc-control -p byoc-agent
+fi
+BIN="${CARGO_TARGET_DIR:-target}/release"
 CONTROL="$BIN/byoc-control --data-dir $DEMO/control"
 AGENT="$BIN/byoc-agent"
 
