@@ -50,6 +50,14 @@ fi
 # not reach; run `cargo deny check advisories` where it does.
 cargo deny --log-level error check bans licenses sources
 
+echo "==> a sim-only agent links no cloud SDK, and refuses a config naming a cloud it left out"
+if cargo tree --locked -p byoc-agent --no-default-features --features sim -e normal --prefix none \
+    | grep -E '^aws-(sdk|config|smithy|runtime|sigv4|credential|types)'; then
+  echo "error: the sim-only agent links the AWS SDK (above)" >&2
+  exit 1
+fi
+cargo test --locked -q -p byoc-providers -p byoc-agent --no-default-features --features byoc-providers/sim,byoc-agent/sim --lib
+
 echo "==> building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
