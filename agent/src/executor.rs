@@ -479,6 +479,11 @@ fn outputs_to_wire(o: Outputs) -> pb::Outputs {
     }
 }
 
+/// Why a cloud call was not made: its record could not be made durable.
+#[derive(Debug, thiserror::Error)]
+#[error("audit log unavailable")]
+struct AuditUnavailable(#[source] byoc_audit::AuditError);
+
 /// What a provider reaches of the agent during one operation.
 struct Hooks<'a> {
     audit: &'a AuditLog,
@@ -523,7 +528,7 @@ impl Calls {
 
 #[async_trait]
 impl CallHooks for Hooks<'_> {
-    async fn before_call(&self, call: &ProviderCall) -> Result<(), String> {
+    async fn before_call(&self, call: &ProviderCall) -> Result<(), byoc_provider::BoxError> {
         let ev = Event::new(
             "provider.call",
             Some(self.op_id),
@@ -533,7 +538,7 @@ impl CallHooks for Hooks<'_> {
             .record(ev)
             .await
             .map(|_| ())
-            .map_err(|e| format!("audit log unavailable: {}", byoc_errors::chain(&e)))
+            .map_err(|e| Box::new(AuditUnavailable(e)) as byoc_provider::BoxError)
     }
 
     fn called(&self, call: &ProviderCall, request_id: &str, error: Option<&str>) {

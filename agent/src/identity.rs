@@ -28,11 +28,15 @@ pub struct Enrollment {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("this agent is not enrolled (no {0}): run `byoc-agent enroll` first")]
+    #[error("this agent is not enrolled (no {}): run `byoc-agent enroll` first", .0.display())]
     NotEnrolled(PathBuf),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path} is damaged: {message}")]
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is damaged: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
 }
 

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use byoc_proto::agent::v1::{Operation, OperationResult};
-use byoc_proto::record::{from_base64, to_base64};
+use byoc_proto::record::{RecordError, from_base64, to_base64};
 use byoc_wal::{self as wal, Sealer, Wal, WalError};
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +33,23 @@ use serde::{Deserialize, Serialize};
 pub enum JournalError {
     #[error("journal")]
     Wal(#[from] WalError),
-    #[error("journal {path} line {line} is damaged: {message}; the agent will not guess what it had promised")]
-    Corrupt { path: String, line: usize, message: String },
+    #[error("journal {path} line {line} is damaged; the agent will not guess what it had promised")]
+    Corrupt {
+        path: String,
+        /// 0: the damage is in what the lines say together, not in one line.
+        line: usize,
+        #[source]
+        source: Damage,
+    },
+}
+
+/// What is wrong with a journal (or state) line.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("not a journal record")]
+    Json(#[from] serde_json::Error),
+    #[error("the message it holds")]
+    Message(#[from] byoc_proto::record::RecordError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,14 +104,14 @@ struct Model {
 }
 
 impl Model {
-    fn accept(&mut self, b64: &str, approval: Option<String>) -> Result<(), String> {
+    fn accept(&mut self, b64: &str, approval: Option<String>) -> Result<(), RecordError> {
         let op: Operation = from_base64(b64)?;
         self.highest_op_seq = self.highest_op_seq.max(op.sequence);
         self.pending.insert(op.id, (op.sequence, b64.to_string(), approval));
         Ok(())
     }
 
-    fn apply(&mut self, rec: &Record) -> Result<(), String> {
+    fn apply(&mut self, rec: &Record) -> Result<(), RecordError> {
         match rec {
             Record::Op { b64 } => self.accept(b64, None)?,
             Record::HeldOp { b64, approval } => self.accept(b64, Some(approval.clone()))?,
@@ -181,19 +196,19 @@ impl Journal {
         let lines = wal::read_lines(path)?;
         let mut model = Model::default();
         for (i, l) in lines.iter().enumerate() {
-            let corrupt = |message: String| JournalError::Corrupt {
+            let corrupt = |source: Damage| JournalError::Corrupt {
                 path: path.display().to_string(),
                 line: i + 1,
-                message,
+                source,
             };
-            let rec: Record = serde_json::from_slice(l).map_err(|e| corrupt(e.to_string()))?;
-            model.apply(&rec).map_err(corrupt)?;
+            let rec: Record = serde_json::from_slice(l).map_err(|e| corrupt(e.into()))?;
+            model.apply(&rec).map_err(|e| corrupt(e.into()))?;
         }
         wal::rewrite(path, &model.snapshot())?;
-        let corrupt = |message: String| JournalError::Corrupt {
+        let corrupt = |e: RecordError| JournalError::Corrupt {
             path: path.display().to_string(),
             line: 0,
-            message,
+            source: e.into(),
         };
         let mut pending: Vec<Pending> = model
             .pending

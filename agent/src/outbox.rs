@@ -121,7 +121,7 @@ impl Task {
             };
             let (written, acked) = tokio::join!(futures::future::join_all(writes), ack_write);
             if let Err(e) = written.into_iter().collect::<Result<Vec<()>, _>>() {
-                error!(error = %e, "cannot record results durably");
+                error!(error = %byoc_errors::Chain(&e), "cannot record results durably");
                 let _ = fatal.send(OutboxFailed(e));
                 return;
             }
@@ -133,7 +133,7 @@ impl Task {
                 Ok(None) => {}
                 Err(e) => {
                     // Not fatal: the control plane dedups a resend.
-                    error!(error = %e, "cannot record an acknowledgement");
+                    error!(error = %byoc_errors::Chain(&e), "cannot record an acknowledgement");
                 }
             }
             for r in results {

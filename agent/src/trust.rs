@@ -29,16 +29,20 @@ const MAX_BUNDLE: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
-    #[error("the server that offered new CAs is not authenticated by a CA this agent trusts: {0}")]
-    NotAuthenticated(rustls::Error),
+    #[error("the server that offered new CAs is not authenticated by a CA this agent trusts")]
+    NotAuthenticated(#[source] rustls::Error),
     #[error(
-        "the offered CAs do not authenticate the server that offered them (accepting them would lock this agent out): {0}"
+        "the offered CAs do not authenticate the server that offered them (accepting them would lock this agent out)"
     )]
-    WouldLockOut(rustls::Error),
+    WouldLockOut(#[source] rustls::Error),
     #[error("the offer has {0} certificates; at most {MAX_BUNDLE}")]
     TooLarge(usize),
-    #[error("certificate {index} of the offer is not a CA certificate: {reason}")]
-    NotCa { index: usize, reason: String },
+    #[error("certificate {index} of the offer is not a CA certificate")]
+    NotCa {
+        index: usize,
+        #[source]
+        reason: NotCa,
+    },
     #[error("no certificate chain of the server was observed on this session")]
     NoServerChain,
 }
@@ -104,12 +108,23 @@ fn roots(trust: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Err
     Ok(roots)
 }
 
-fn is_ca(der: &CertificateDer<'_>) -> Result<(), String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+/// Why a certificate offered as a CA is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum NotCa {
+    #[error("it is not an X.509 certificate")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("its basic constraints cannot be read")]
+    Constraints(#[source] x509_parser::error::X509Error),
+    #[error("it has no CA basic constraint")]
+    NotCa,
+}
+
+fn is_ca(der: &CertificateDer<'_>) -> Result<(), NotCa> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(NotCa::Parse)?;
     match cert.basic_constraints() {
         Ok(Some(bc)) if bc.value.ca => Ok(()),
-        Ok(_) => Err("it has no CA basic constraint".into()),
-        Err(e) => Err(e.to_string()),
+        Ok(_) => Err(NotCa::NotCa),
+        Err(e) => Err(NotCa::Constraints(e)),
     }
 }
 

@@ -278,7 +278,7 @@ impl Sealer for MerkleSealer {
         if let Some(note) = self.pending_note.take() {
             let path = self.dir.join(LATEST_CHECKPOINT);
             if let Err(e) = wal::write_atomic(&path, note.as_bytes(), 0o644) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the newest checkpoint");
+                tracing::error!(path = %path.display(), error = %byoc_errors::Chain(&e), "cannot write the newest checkpoint");
             }
         }
     }
@@ -296,7 +296,7 @@ fn append_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log: {0}")]
+    #[error("audit log")]
     Wal(#[from] WalError),
     #[error("audit log {path}: {reason}")]
     Io { path: String, reason: String },

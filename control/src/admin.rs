@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::service::store_err;
 use crate::service::{AgentApi, now_ms, random_hex, token_hash};
 use crate::store::Record;
 
@@ -34,10 +35,6 @@ pub fn format_token(ca_fingerprint: &[u8; 32], secret: &str) -> String {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send + 'static>>;
-
-fn store_err(e: crate::store::StoreError) -> Status {
-    Status::unavailable(format!("control plane state store failed: {e}"))
-}
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {

@@ -39,15 +39,19 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
+    #[error("{}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
-    #[error("certificate: {0}")]
+    #[error("cannot make the certificate")]
     Rcgen(#[from] rcgen::Error),
-    #[error("the certificate signing request is not valid: {0}")]
-    BadCsr(rcgen::Error),
-    #[error("TLS: {0}")]
+    #[error("the certificate signing request is not valid")]
+    BadCsr(#[source] rcgen::Error),
+    #[error("TLS configuration")]
     Tls(#[from] byoc_proto::transport::TransportError),
     #[error(
         "a CA rotation is already under way (since {since}): finish it with `byoc-control ca finish` before starting another"

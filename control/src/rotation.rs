@@ -48,8 +48,9 @@ fn pki_err(e: PkiError) -> Status {
     match e {
         PkiError::AlreadyRotating { .. } | PkiError::NotRotating => Status::failed_precondition(e.to_string()),
         other => {
-            warn!(error = %other, "CA change failed");
-            Status::internal(format!("the CA change failed: {other}"))
+            let error = byoc_errors::chain(&other);
+            warn!(%error, "CA change failed");
+            Status::internal(format!("the CA change failed: {error}"))
         }
     }
 }

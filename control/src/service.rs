@@ -65,9 +65,11 @@ pub fn random_hex(bytes: usize) -> Result<String, RngUnavailable> {
     Ok(hex::encode(buf))
 }
 
-fn store_err(e: crate::store::StoreError) -> Status {
-    warn!(error = %e, "state store failed");
-    Status::unavailable(format!("control plane state store failed: {e}"))
+/// A state store failure, as the control plane's answer (and its log).
+pub(crate) fn store_err(e: crate::store::StoreError) -> Status {
+    let error = byoc_errors::chain(&e);
+    warn!(%error, "state store failed");
+    Status::unavailable(format!("control plane state store failed: {error}"))
 }
 
 impl AgentApi {

@@ -13,12 +13,26 @@ use byoc_proto::record::{from_base64, to_base64};
 use byoc_wal::{self as wal, Plain, Wal, WalError};
 use serde::{Deserialize, Serialize};
 
+/// What is wrong with a state line.
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("not a state record")]
+    Json(#[from] serde_json::Error),
+    #[error("the message it holds")]
+    Message(#[from] byoc_proto::record::RecordError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state: {0}")]
+    #[error("control plane state")]
     Wal(#[from] WalError),
-    #[error("{path} line {line} is not a valid record: {message}")]
-    Corrupt { path: String, line: usize, message: String },
+    #[error("{path} line {line} is not a valid record")]
+    Corrupt {
+        path: String,
+        line: usize,
+        #[source]
+        source: Damage,
+    },
 }
 
 /// One durable change.
@@ -119,7 +133,7 @@ pub struct State {
 }
 
 impl State {
-    fn apply(&mut self, r: &Record) -> Result<(), String> {
+    fn apply(&mut self, r: &Record) -> Result<(), byoc_proto::record::RecordError> {
         match r {
             Record::Token {
                 hash,
@@ -304,13 +318,13 @@ impl Store {
         let lines = wal::read_lines(path)?;
         let mut state = State::default();
         for (i, line) in lines.iter().enumerate() {
-            let corrupt = |message: String| StoreError::Corrupt {
+            let corrupt = |source: Damage| StoreError::Corrupt {
                 path: path.display().to_string(),
                 line: i + 1,
-                message,
+                source,
             };
-            let rec: Record = serde_json::from_slice(line).map_err(|e| corrupt(e.to_string()))?;
-            state.apply(&rec).map_err(corrupt)?;
+            let rec: Record = serde_json::from_slice(line).map_err(|e| corrupt(e.into()))?;
+            state.apply(&rec).map_err(|e| corrupt(e.into()))?;
         }
         let snapshot: Vec<Vec<u8>> = state
             .snapshot()

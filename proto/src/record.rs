@@ -10,10 +10,19 @@ pub fn to_base64<M: prost::Message>(m: &M) -> String {
     B64.encode(m.encode_to_vec())
 }
 
-/// Decodes what [`to_base64`] wrote; the error says which layer failed.
-pub fn from_base64<M: prost::Message + Default>(text: &str) -> Result<M, String> {
-    let bytes = B64.decode(text).map_err(|e| format!("not base64: {e}"))?;
-    M::decode(bytes.as_slice()).map_err(|e| format!("not a valid message: {e}"))
+/// A stored message that cannot be read back; the variant says which layer failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("not base64")]
+    Base64(#[source] base64::DecodeError),
+    #[error("not a valid message")]
+    Message(#[source] prost::DecodeError),
+}
+
+/// Decodes what [`to_base64`] wrote.
+pub fn from_base64<M: prost::Message + Default>(text: &str) -> Result<M, RecordError> {
+    let bytes = B64.decode(text).map_err(RecordError::Base64)?;
+    M::decode(bytes.as_slice()).map_err(RecordError::Message)
 }
 
 #[cfg(test)]
@@ -29,17 +38,13 @@ mod tests {
         };
         let text = super::to_base64(&op);
         assert_eq!(super::from_base64::<Operation>(&text), Ok(op));
-        assert!(
-            super::from_base64::<Operation>("%%")
-                .err()
-                .unwrap_or_default()
-                .starts_with("not base64")
-        );
-        assert!(
-            super::from_base64::<Operation>("/w==")
-                .err()
-                .unwrap_or_default()
-                .starts_with("not a valid message")
-        );
+        assert!(matches!(
+            super::from_base64::<Operation>("%%"),
+            Err(super::RecordError::Base64(_))
+        ));
+        assert!(matches!(
+            super::from_base64::<Operation>("/w=="),
+            Err(super::RecordError::Message(_))
+        ));
     }
 }

@@ -15,9 +15,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 /// Errors building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
-    #[error("client certificate verifier: {0}")]
+    #[error("client certificate verifier")]
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 

@@ -25,15 +25,27 @@ const MAX_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
-    #[error("cannot open {path}: {source}")]
-    Open { path: PathBuf, source: io::Error },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {path} durably: {source}")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("{path} is unavailable after an earlier write error; nothing more is recorded")]
+    #[error("cannot open {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {} durably", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is unavailable after an earlier write error; nothing more is recorded", path.display())]
     Poisoned { path: PathBuf },
-    #[error("the writer of {path} has stopped")]
+    #[error("the writer of {} has stopped", path.display())]
     Closed { path: PathBuf },
 }
 

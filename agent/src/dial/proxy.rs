@@ -274,8 +274,27 @@ pub enum ProxyConfigError {
     BadUrl { source_name: String, error: ProxyUrlError },
     #[error("{source_name}: {error}")]
     BadNoProxy { source_name: String, error: ProxyUrlError },
-    #[error("connection.proxy_password_file {path}: {reason}")]
-    PasswordFile { path: PathBuf, reason: String },
+    #[error("connection.proxy_password_file {}", path.display())]
+    PasswordFile {
+        path: PathBuf,
+        #[source]
+        problem: PasswordFileProblem,
+    },
+}
+
+/// What is wrong with `connection.proxy_password_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileProblem {
+    #[error("the proxy {0} has no user name for this password")]
+    NoUser(String),
+    #[error("the proxy URL already has a password: keep it in one place only (the file), as http://{0}")]
+    AlsoInUrl(String),
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    #[error("mode {0:o} lets other users read or change it; make it 0600 (or 0640)")]
+    Mode(u32),
+    #[error("the file is empty: its first line is the proxy password")]
+    Empty,
 }
 
 impl ProxySettings {
@@ -319,19 +338,19 @@ impl ProxySettings {
         };
         let mut settings = Self { proxy, no_proxy };
         if let (Some(path), Some((url, _))) = (&cfg.proxy_password_file, settings.proxy.as_mut()) {
-            let bad = |reason: String| ProxyConfigError::PasswordFile {
+            let bad = |problem| ProxyConfigError::PasswordFile {
                 path: path.clone(),
-                reason,
+                problem,
             };
             if url.user.is_none() {
-                return Err(bad(format!("the proxy {url} has no user name for this password")));
+                return Err(bad(PasswordFileProblem::NoUser(url.to_string())));
             }
             if url.has_password() {
-                return Err(bad(format!(
-                    "the proxy URL already has a password: keep it in one place only (the file), as http://{}@{}",
+                return Err(bad(PasswordFileProblem::AlsoInUrl(format!(
+                    "{}@{}",
                     url.user.as_deref().unwrap_or_default(),
                     url.address()
-                )));
+                ))));
             }
             url.password = Some(read_password(path).map_err(bad)?);
         }
@@ -355,22 +374,22 @@ impl ProxySettings {
 }
 
 /// The first line of `path`, which must not be readable by other users.
-fn read_password(path: &Path) -> Result<String, String> {
+fn read_password(path: &Path) -> Result<String, PasswordFileProblem> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
+        let mode = std::fs::metadata(path)
+            .map_err(PasswordFileProblem::Read)?
+            .permissions()
+            .mode();
         if mode & 0o007 != 0 {
-            return Err(format!(
-                "mode {:o} lets other users read or change it; make it 0600 (or 0640)",
-                mode & 0o777
-            ));
+            return Err(PasswordFileProblem::Mode(mode & 0o777));
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = std::fs::read_to_string(path).map_err(PasswordFileProblem::Read)?;
     let password = text.lines().next().unwrap_or("").to_string();
     if password.is_empty() {
-        return Err("the file is empty: its first line is the proxy password".into());
+        return Err(PasswordFileProblem::Empty);
     }
     Ok(password)
 }
@@ -500,13 +519,13 @@ mod tests {
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = ProxySettings::resolve(&c, env(&[])).expect_err("world-readable");
-        assert!(err.to_string().contains("0600"), "{err}");
+        assert!(byoc_errors::chain(&err).contains("0600"), "{err}");
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let mut twice = cfg(Some("http://alice:other@proxy:3128"), None);
         twice.proxy_password_file = Some(path);
         let err = ProxySettings::resolve(&twice, env(&[])).expect_err("two passwords");
-        assert!(err.to_string().contains("one place"), "{err}");
-        assert!(!err.to_string().contains("other"), "{err}");
+        assert!(byoc_errors::chain(&err).contains("one place"), "{err}");
+        assert!(!byoc_errors::chain(&err).contains("other"), "{err}");
     }
 }

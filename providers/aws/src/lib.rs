@@ -127,12 +127,17 @@ impl byoc_provider::Cloud for Aws {
     const NAME: &'static str = "aws";
     type Config = AwsConfig;
 
-    fn check_target(cfg: &AwsConfig, target: &byoc_provider::TargetRef<'_>) -> Result<(), String> {
+    fn check_target(
+        cfg: &AwsConfig,
+        target: &byoc_provider::TargetRef<'_>,
+    ) -> Result<(), byoc_provider::TargetMismatch> {
         if cfg.region != target.region {
-            return Err(format!(
-                "provider.aws.region {:?} is not target.region {:?}",
-                cfg.region, target.region
-            ));
+            return Err(byoc_provider::TargetMismatch {
+                setting: "provider.aws.region".into(),
+                value: cfg.region.clone(),
+                key: "region",
+                target: target.region.to_string(),
+            });
         }
         Ok(())
     }

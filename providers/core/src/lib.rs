@@ -67,7 +67,7 @@ pub struct ProviderCall {
 pub trait CallHooks: Send + Sync {
     /// Called before every cloud call. The provider must not make the call
     /// unless this returns `Ok`: it is how the audit log fails closed.
-    async fn before_call(&self, call: &ProviderCall) -> Result<(), String>;
+    async fn before_call(&self, call: &ProviderCall) -> Result<(), BoxError>;
     /// Progress of a long-running step; `percent` is 0..=100 when known.
     fn progress(&self, phase: &str, message: &str, percent: Option<u8>);
     /// Called after a cloud call with the cloud's request id (what CloudTrail,
@@ -97,7 +97,7 @@ impl CallContext<'_> {
             .before_call(&call)
             .await
             .map_err(|reason| ProviderError::Aborted {
-                message: format!("{action}: {reason}"),
+                message: format!("{action}: {}", byoc_errors::chain(&*reason)),
             })
     }
 }
@@ -158,7 +158,7 @@ pub trait Cloud {
 
     /// Checks the provider's configuration against the agent's target, before
     /// anything is opened. `Err` says which setting disagrees with which.
-    fn check_target(cfg: &Self::Config, target: &TargetRef<'_>) -> Result<(), String>;
+    fn check_target(cfg: &Self::Config, target: &TargetRef<'_>) -> Result<(), TargetMismatch>;
 
     /// Sets up the provider: credentials from the cloud's own chain, clients.
     async fn open(cfg: Self::Config) -> Result<std::sync::Arc<dyn Provider>, BoxError>;
@@ -175,6 +175,19 @@ pub struct TargetRef<'a> {
     pub cloud: &'a str,
     pub account: &'a str,
     pub region: &'a str,
+}
+
+/// A provider setting that disagrees with the agent's target, e.g.
+/// `provider.aws.region "eu-west-1" is not target.region "us-east-1"`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting} {value:?} is not target.{key} {target:?}")]
+pub struct TargetMismatch {
+    /// The provider's setting, as agent.toml names it.
+    pub setting: String,
+    pub value: String,
+    /// `cloud`, `account` or `region`.
+    pub key: &'static str,
+    pub target: String,
 }
 
 /// A provider's own error type, boxed where the agent only reports it.

@@ -25,8 +25,8 @@ pub enum RegistryError {
     NotBuilt { cloud: &'static str },
     #[error("provider.{provider} serves target.cloud = {provider:?}, not {target:?}")]
     WrongCloud { provider: &'static str, target: String },
-    #[error("{message}")]
-    Target { message: String },
+    #[error(transparent)]
+    Target(#[from] byoc_provider::TargetMismatch),
     #[error("unknown cloud {cloud:?}; this build knows: {}", built().join(", "))]
     Unknown { cloud: String },
     #[error("setting up the {cloud} provider")]
@@ -96,7 +96,7 @@ macro_rules! clouds {
                                 return Err(RegistryError::WrongCloud { provider: $name, target: target.cloud.to_string() });
                             }
                             <$cloud as byoc_provider::Cloud>::check_target(cfg, target)
-                                .map_err(|message| RegistryError::Target { message })
+                                .map_err(RegistryError::Target)
                         }
                         #[cfg(not(feature = $name))]
                         Self::$variant(NotBuilt) => Err(RegistryError::NotBuilt { cloud: $name }),

@@ -135,7 +135,7 @@ impl SimConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
     /// Reading or writing a state file failed.
-    #[error("sim cloud state {}: {source}", path.display())]
+    #[error("sim cloud state {}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -173,10 +173,12 @@ impl SimError {
 impl From<SimError> for ProviderError {
     fn from(e: SimError) -> Self {
         match e {
-            SimError::Io { .. } | SimError::Random | SimError::Task(_) => {
-                ProviderError::Transient { message: e.to_string() }
-            }
-            SimError::Corrupt { .. } => ProviderError::Conflict { message: e.to_string() },
+            SimError::Io { .. } | SimError::Random | SimError::Task(_) => ProviderError::Transient {
+                message: byoc_errors::chain(&e),
+            },
+            SimError::Corrupt { .. } => ProviderError::Conflict {
+                message: byoc_errors::chain(&e),
+            },
         }
     }
 }
@@ -190,7 +192,10 @@ impl byoc_provider::Cloud for Sim {
     const NAME: &'static str = "sim";
     type Config = SimConfig;
 
-    fn check_target(_cfg: &SimConfig, _target: &byoc_provider::TargetRef<'_>) -> Result<(), String> {
+    fn check_target(
+        _cfg: &SimConfig,
+        _target: &byoc_provider::TargetRef<'_>,
+    ) -> Result<(), byoc_provider::TargetMismatch> {
         Ok(())
     }
 

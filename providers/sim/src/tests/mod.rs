@@ -46,9 +46,9 @@ impl Hooks {
 
 #[async_trait]
 impl CallHooks for Hooks {
-    async fn before_call(&self, call: &ProviderCall) -> Result<(), String> {
+    async fn before_call(&self, call: &ProviderCall) -> Result<(), byoc_provider::BoxError> {
         if let Some(reason) = self.refuse.lock().expect("lock").clone() {
-            return Err(reason);
+            return Err(reason.into());
         }
         self.calls.lock().expect("lock").push(call.clone());
         Ok(())
