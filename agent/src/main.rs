@@ -50,8 +50,10 @@ enum Cmd {
     Status {
         #[arg(long, short, default_value = "/etc/byoc-agent/agent.toml")]
         config: PathBuf,
-        /// Print the status as one JSON object (the format of `status.json`
-        /// plus `running`; docs/status.md) instead of text.
+        /// Print one JSON object instead of text: `running`, `enrolled`, and
+        /// `agent` (the state the agent last published, with `connection`
+        /// "stopped" when it is not running and `paused` as the switch is
+        /// now). Field names are stable.
         #[arg(long)]
         json: bool,
     },
