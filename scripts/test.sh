@@ -37,6 +37,9 @@ echo "==> moto, the AWS emulator (pinned: tests/moto/requirements.txt, into .ven
 echo "==> formatting"
 cargo fmt --all -- --check
 
+echo "==> no module imports a module that imports it back"
+python3 scripts/module-cycles.py agent/src gate/src control/src audit/src wal/src proto/src errors/src providers/*/src
+
 echo "==> lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -2,7 +2,7 @@
 //! heartbeats out, until the stream ends. The session only decodes: each
 //! message becomes a call on the [`Intake`] (operations, cancels), the outbox
 //! (acknowledgements) or the [`Credentials`] (CAs offered, renewal). The
-//! caller ([`crate::connection`]) reconnects with backoff.
+//! caller (the connection task) reconnects with backoff.
 
 use std::sync::Arc;
 use std::time::Duration;

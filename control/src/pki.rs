@@ -60,7 +60,7 @@ pub enum PkiError {
     #[error("no CA rotation is under way: start one with `byoc-control ca rotate`")]
     NotRotating,
     #[error(transparent)]
-    Rng(#[from] crate::service::RngUnavailable),
+    Rng(#[from] crate::sys::RngUnavailable),
 }
 
 /// One CA: its certificate and the key that signs with it.
@@ -133,7 +133,7 @@ fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
 }
 
 fn now_ms() -> i64 {
-    crate::service::now_ms()
+    crate::sys::now_ms()
 }
 
 /// Parameters of a CA named `cn`. A CA made by a rotation may certify its
@@ -409,7 +409,7 @@ impl Pki {
         }
         // A distinct name, so that verifiers building paths by name never
         // confuse the two CAs.
-        let cn = format!("byoc-control CA {}", crate::service::random_hex(4)?);
+        let cn = format!("byoc-control CA {}", crate::sys::random_hex(4)?);
         let (new, pem) = Ca::generate(&cn, 1)?;
         new.store(&self.dir.join("ca"), &pem)?;
         let since = now_ms();

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use byoc_proto::agent::v1::agent_service_server::AgentService;
 use byoc_proto::agent::v1::{
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::hub::Hub;
 use crate::pki::Pki;
 use crate::store::{Record, ResultDisposition, Store};
+pub use crate::sys::{RngUnavailable, now_ms, random_hex};
 
 /// Settings of the agent-facing service.
 #[derive(Debug, Clone)]
@@ -37,32 +38,8 @@ pub struct AgentApi {
     pub cfg: Arc<ServiceConfig>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 pub fn token_hash(secret: &str) -> String {
     hex::encode(byoc_proto::transport::fingerprint(secret.as_bytes()))
-}
-
-/// The system's random generator failed: nothing that needs a secret or a
-/// unique id can be made (fail closed: an all-zero token would be guessable).
-#[derive(Debug, thiserror::Error)]
-#[error("the system random number generator failed")]
-pub struct RngUnavailable;
-
-impl From<RngUnavailable> for Status {
-    fn from(e: RngUnavailable) -> Self {
-        Status::internal(e.to_string())
-    }
-}
-
-pub fn random_hex(bytes: usize) -> Result<String, RngUnavailable> {
-    let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).map_err(|_| RngUnavailable)?;
-    Ok(hex::encode(buf))
 }
 
 /// A state store failure, as the control plane's answer (and its log).

@@ -338,9 +338,4 @@ impl ResourceSpec {
     pub fn to_value(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
-
-    /// Checks every field against what is valid and says what is, on failure.
-    pub fn validate(&self) -> Result<(), ProviderError> {
-        crate::validate::validate(self)
-    }
 }

@@ -301,6 +301,13 @@ fn is_window(w: &str) -> bool {
     matches!(w.split_once('-'), Some((a, b)) if hhmm(a) && hhmm(b))
 }
 
+impl ResourceSpec {
+    /// Checks every field against what is valid and says what is, on failure.
+    pub fn validate(&self) -> Result<(), ProviderError> {
+        validate(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

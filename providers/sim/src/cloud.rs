@@ -2,8 +2,8 @@
 //! create, update, delete) and the checks a real cloud would make.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime};
 
 use byoc_provider::{Clock, SystemClock};
@@ -12,7 +12,8 @@ use byoc_provider::{CallContext, ProviderError, ResourceKind, ResourceSpec};
 
 use crate::faults::{Faults, write_faults};
 use crate::record::{Address, Live, ResourceStatus, Stored};
-use crate::store::{Store, create_private_dir};
+use crate::shared::{Shared, open_dirs};
+use crate::store::{Store, create_private_dir, random_hex};
 use crate::{SimConfig, SimError};
 
 /// A simulated cloud on a state directory; see the [crate docs](crate) for the
@@ -25,51 +26,6 @@ pub struct SimCloud {
     /// Where the simulated cloud's time comes from: resources settle when
     /// this clock passes their `settles_at`.
     clock: Arc<dyn Clock>,
-}
-
-/// What all `SimCloud`s of this process on one state directory share.
-#[derive(Debug)]
-struct Shared {
-    store: Store,
-    /// Held by the provider side from a describe to the create, update or
-    /// delete it decides on, so two operations on the same resource in this
-    /// process cannot both decide to create it. One lock a cluster (shared by
-    /// its node pools and sandboxes, whose create and the cluster's delete
-    /// check each other) and one a database: unrelated resources do not wait
-    /// for each other.
-    decisions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The `Shared` of every state directory open in this process, by canonical path.
-static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Shared>>>> = OnceLock::new();
-
-fn open_dirs() -> std::sync::MutexGuard<'static, HashMap<PathBuf, Weak<Shared>>> {
-    OPEN.get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Runs `f` holding the store lock of the `SimCloud`s open on `dir` in this
-/// process, if any, so it does not interleave with a call they are processing.
-pub(crate) fn with_open_store_lock<T>(dir: &Path, f: impl FnOnce() -> T) -> T {
-    let shared = dir
-        .canonicalize()
-        .ok()
-        .and_then(|d| open_dirs().get(&d).and_then(Weak::upgrade));
-    match shared {
-        Some(shared) => {
-            let _guard = shared.store.lock();
-            f()
-        }
-        None => f(),
-    }
-}
-
-/// `n` random bytes, hex-encoded.
-pub(crate) fn random_hex(n: usize) -> Result<String, SimError> {
-    let mut bytes = vec![0u8; n];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SimError::Random)?;
-    Ok(hex::encode(bytes))
 }
 
 impl SimCloud {

@@ -64,7 +64,7 @@ pub fn read_faults(state_dir: &Path) -> Result<Faults, SimError> {
 /// for the call it is processing, so that no counter update overwrites these
 /// faults (another process's can, in a window of microseconds).
 pub fn write_faults(state_dir: &Path, faults: &Faults) -> Result<(), SimError> {
-    crate::cloud::with_open_store_lock(state_dir, || {
+    crate::shared::with_open_store_lock(state_dir, || {
         write_json(&state_dir.join(FAULTS), faults, WriteMode::Replace).map(|_| ())
     })
 }

@@ -60,6 +60,7 @@ mod cloud;
 mod faults;
 mod provider;
 mod record;
+mod shared;
 mod store;
 
 #[cfg(test)]

@@ -190,11 +190,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T, mode: WriteMode) 
 /// [`WriteMode::CreateNew`] and the file already exists.
 fn write_atomic(path: &Path, bytes: &[u8], mode: WriteMode) -> Result<bool, SimError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        "{TMP_PREFIX}{}-{}",
-        std::process::id(),
-        crate::cloud::random_hex(8)?
-    ));
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{}", std::process::id(), random_hex(8)?));
     match place(&tmp, path, bytes, mode) {
         Ok(written) => {
             sync_dir(dir)?;
@@ -279,4 +275,11 @@ fn private_file_options() -> OpenOptions {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     options
+}
+
+/// `n` random bytes, hex-encoded.
+pub(crate) fn random_hex(n: usize) -> Result<String, SimError> {
+    let mut bytes = vec![0u8; n];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| SimError::Random)?;
+    Ok(hex::encode(bytes))
 }
