@@ -73,7 +73,12 @@ pub struct ClusterSpec {
     pub tags: BTreeMap<String, String>,
 }
 
-/// A control-plane log stream.
+/// A control-plane log stream, named by what it records rather than by one
+/// cloud's name for it. Not every cloud has every stream (`authenticator`,
+/// the log of the cluster's authentication webhook, is EKS's and AKS's, not
+/// GKE's): a provider whose cloud lacks a stream refuses a spec that asks for
+/// it as `invalid_spec` on `cluster.control_plane_logs`, naming the streams it
+/// has, before any call. Only the streams every cloud has may be assumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlPlaneLog {
