@@ -178,7 +178,8 @@ impl Credentials {
         };
         let (before, decision) = {
             let id = self.identity();
-            let decision = trust::accept_offer(&id.trust, offered, &server.get(), &name, UnixTime::now());
+            let now = UnixTime::since_unix_epoch(Duration::from_millis(self.clock.now_ms().max(0) as u64));
+            let decision = trust::accept_offer(&id.trust, offered, &server.get(), &name, now);
             (trust::fingerprints(&id.trust), decision)
         };
         let bundle = match decision {

@@ -60,14 +60,21 @@ pub async fn reload(path: Option<&Path>, policy: &PolicyHandle, audit: &AuditLog
     }
 }
 
-/// Reloads on every SIGHUP until the signal stream ends.
+/// Reloads on every SIGHUP until `shutdown` (or the signal stream ends).
 pub async fn on_hangup(
     mut hangup: tokio::signal::unix::Signal,
     path: Option<std::path::PathBuf>,
     policy: Arc<PolicyHandle>,
     audit: AuditLog,
+    shutdown: tokio_util::sync::CancellationToken,
 ) {
-    while hangup.recv().await.is_some() {
-        reload(path.as_deref(), &policy, &audit).await;
+    loop {
+        tokio::select! {
+            signal = hangup.recv() => match signal {
+                Some(()) => reload(path.as_deref(), &policy, &audit).await,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        }
     }
 }

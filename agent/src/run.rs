@@ -79,7 +79,7 @@ pub async fn run_until(cfg: Config, clock: Arc<dyn Clock>, shutdown: Cancellatio
         fatal_tx,
     );
     let sender = SessionSender::default();
-    let provider = byoc_providers::open(&cfg.provider).await?;
+    let provider = byoc_providers::open(&cfg.provider, clock.clone()).await?;
     let executor = Executor::new(
         crate::executor::Parts {
             provider,
@@ -168,6 +168,7 @@ pub async fn run_until(cfg: Config, clock: Arc<dyn Clock>, shutdown: Cancellatio
         cfg.policy.clone(),
         policy.clone(),
         audit.clone(),
+        shutdown.clone(),
     ));
 
     // Approval holds: only those of operations the journal still holds.

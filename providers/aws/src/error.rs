@@ -142,6 +142,9 @@ pub fn classify(action: &str, code: &str, message: &str, status: u16) -> Provide
         }
     } else if is_exists_code(code)
         || code.starts_with("InvalidDBInstanceState")
+        // RDS answers a delete of a protected instance with the same code as a
+        // malformed request; only AWS's message tells them apart. This reads a
+        // cloud's answer, not one of our errors (those are matched by type).
         || code == "InvalidParameterCombination" && message.contains("protected")
         || code == "DependencyViolation"
         || status == 409

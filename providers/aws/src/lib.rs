@@ -142,7 +142,11 @@ impl byoc_provider::Cloud for Aws {
         Ok(())
     }
 
-    async fn open(cfg: AwsConfig) -> Result<std::sync::Arc<dyn Provider>, byoc_provider::BoxError> {
+    /// AWS keeps its own time (the SDK signs requests with the system clock).
+    async fn open(
+        cfg: AwsConfig,
+        _clock: std::sync::Arc<dyn byoc_provider::Clock>,
+    ) -> Result<std::sync::Arc<dyn Provider>, byoc_provider::BoxError> {
         Ok(std::sync::Arc::new(AwsCloud::connect(cfg).await?))
     }
 

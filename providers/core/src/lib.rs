@@ -161,7 +161,12 @@ pub trait Cloud {
     fn check_target(cfg: &Self::Config, target: &TargetRef<'_>) -> Result<(), TargetMismatch>;
 
     /// Sets up the provider: credentials from the cloud's own chain, clients.
-    async fn open(cfg: Self::Config) -> Result<std::sync::Arc<dyn Provider>, BoxError>;
+    /// `clock` is the agent's: a provider that keeps time of its own (the
+    /// simulated cloud) takes it from there.
+    async fn open(
+        cfg: Self::Config,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Result<std::sync::Arc<dyn Provider>, BoxError>;
 
     /// The least-privilege permission document the agent's cloud identity
     /// needs to manage `kinds` (every action the provider calls, nothing

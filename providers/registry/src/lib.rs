@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use byoc_provider::{BoxError, Provider, ResourceKind, TargetRef};
+use byoc_provider::{BoxError, Clock, Provider, ResourceKind, TargetRef};
 use serde::Deserialize;
 
 /// Why the registry refused a configuration or could not open a provider.
@@ -105,14 +105,14 @@ macro_rules! clouds {
             }
         }
 
-        /// Opens the provider `cfg` names.
-        pub async fn open(cfg: &ProviderConfig) -> Result<Arc<dyn Provider>, RegistryError> {
+        /// Opens the provider `cfg` names, on the agent's clock.
+        pub async fn open(cfg: &ProviderConfig, clock: Arc<dyn Clock>) -> Result<Arc<dyn Provider>, RegistryError> {
             let (cloud, provider) = match cfg {
                 $(
                     #[cfg(feature = $name)]
                     ProviderConfig::$variant(c) => (
                         $name,
-                        <$cloud as byoc_provider::Cloud>::open(c.clone())
+                        <$cloud as byoc_provider::Cloud>::open(c.clone(), clock.clone())
                             .await
                             .map_err(|source| RegistryError::Open { cloud: $name, source })?,
                     ),

@@ -79,7 +79,9 @@ fn two_clouds_in_one_config_are_refused() {
 async fn the_simulated_cloud_opens_and_needs_no_permissions() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = parse(&format!("[provider.sim]\nstate_dir = {:?}\n", dir.path().join("sim"))).unwrap();
-    let p = open(&cfg).await.unwrap();
+    let p = open(&cfg, std::sync::Arc::new(byoc_provider::SystemClock))
+        .await
+        .unwrap();
     assert_eq!(p.cloud(), "sim");
     assert!(dir.path().join("sim").is_dir());
     assert_eq!(permissions("sim", &ResourceKind::ALL).unwrap(), None);

@@ -200,8 +200,11 @@ impl byoc_provider::Cloud for Sim {
         Ok(())
     }
 
-    async fn open(cfg: SimConfig) -> Result<std::sync::Arc<dyn byoc_provider::Provider>, byoc_provider::BoxError> {
-        Ok(std::sync::Arc::new(SimCloud::open(cfg)?))
+    async fn open(
+        cfg: SimConfig,
+        clock: std::sync::Arc<dyn byoc_provider::Clock>,
+    ) -> Result<std::sync::Arc<dyn byoc_provider::Provider>, byoc_provider::BoxError> {
+        Ok(std::sync::Arc::new(SimCloud::open_with_clock(cfg, clock)?))
     }
 
     /// The simulated cloud runs in the agent's own process: no identity needed.
