@@ -518,6 +518,36 @@ impl Agent {
             .output()
             .expect("status")
     }
+
+    /// `status --json`: whether the agent runs, and under `agent` its last
+    /// published state (agent/src/status.rs), e.g. `results_unacknowledged`.
+    pub fn status_json(&self) -> Value {
+        let out = self
+            .cli()
+            .args(["status", "--json", "--config"])
+            .arg(&self.config)
+            .output()
+            .expect("status --json");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status --json: {e}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Waits until the agent's outbox holds `n` results the control plane has
+    /// not acknowledged. The outbox counts a result only once the result is in
+    /// its journal: from then on it survives a crash of the agent and is
+    /// (re)sent at the start of every session until acknowledged.
+    pub fn wait_unacknowledged_results(&self, n: u64, timeout: Duration) {
+        wait_for(
+            &format!("{n} unacknowledged result(s) in the agent's outbox"),
+            timeout,
+            || (self.status_json()["agent"]["results_unacknowledged"].as_u64() == Some(n)).then_some(()),
+        );
+    }
 }
 
 impl Drop for Agent {

@@ -6,10 +6,11 @@
 // Helpers fail the test by panicking with a message.
 #![allow(clippy::expect_used)]
 
-use std::process::Output;
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use byoc_tests::{Agent, ControlPlane, SimDelays, World, op, wait_for};
+use byoc_tests::{Agent, ControlPlane, SimDelays, Watched, World, op, wait_for};
 use serde_json::{Value, json};
 
 fn database(name: &str) -> Value {
@@ -69,6 +70,54 @@ fn audited(agent: &Agent, op: &str, kind: &str) -> Value {
         .into_iter()
         .find(|e| e["op"] == op && e["kind"] == kind)
         .unwrap_or_else(|| panic!("no {kind} for {op}"))
+}
+
+/// A `byoc-control watch` running in the background, its output in files.
+struct Watching {
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Watching {
+    fn start(cp: &ControlPlane, op: &str) -> Self {
+        let stdout = cp.dir.join(format!("watch-{op}.out"));
+        let stderr = cp.dir.join(format!("watch-{op}.err"));
+        let file = |p: &PathBuf| std::fs::File::create(p).expect("watch output");
+        let child = cp
+            .cli()
+            .args(["watch", op])
+            .stdout(Stdio::from(file(&stdout)))
+            .stderr(Stdio::from(file(&stderr)))
+            .spawn()
+            .expect("watch");
+        Self { child, stdout, stderr }
+    }
+
+    /// What it has written to its standard error so far.
+    fn stderr(&self) -> String {
+        byoc_tests::read(&self.stderr)
+    }
+
+    /// Waits for it to end.
+    fn finish(mut self) -> Watched {
+        let status = wait_for("the watch to end", Duration::from_secs(60), || {
+            self.child.try_wait().expect("watch")
+        });
+        Watched {
+            success: status.success(),
+            code: status.code(),
+            stdout: byoc_tests::read(&self.stdout),
+            stderr: byoc_tests::read(&self.stderr),
+        }
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn my_uid() -> u64 {
@@ -133,21 +182,43 @@ fn a_database_delete_waits_for_a_local_approval_then_runs_audited_with_the_user(
             .contains(&format!("awaiting approval: {id}"))
             .then_some(())
     });
-    // It really waits: nothing is deleted meanwhile.
-    std::thread::sleep(Duration::from_millis(600));
+    // It really waits: the agent decided to hold it (audited), and did not
+    // start it nor make a mutating call for it (the plan's reads are made
+    // before the hold), so nothing is deleted. (That nothing starts before
+    // the approval is also proven below, by the order of its audit entries.)
+    wait_for("the hold to be audited", Duration::from_secs(20), || {
+        agent
+            .audit()
+            .iter()
+            .any(|e| e["op"] == id.as_str() && e["kind"] == "approval.awaiting")
+            .then_some(())
+    });
+    let acted: Vec<Value> = agent
+        .audit()
+        .into_iter()
+        .filter(|e| {
+            e["op"] == id.as_str()
+                && (e["kind"] == "operation.started"
+                    || (e["kind"] == "provider.call" && e["detail"]["mutating"] != false))
+        })
+        .collect();
+    assert!(acted.is_empty(), "acted on while held: {acted:?}");
     assert_eq!(sim_names(&agent), ["orders"], "{st}");
 
-    std::thread::scope(|s| {
-        // A watch that starts while the operation is held hears why it waits.
-        let watcher = s.spawn(|| cp.watch(&id));
-        std::thread::sleep(Duration::from_millis(300));
-        let out = decide(&agent, "approve", &id, "change 7", "alice");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("approved"));
-        let watched = watcher.join().expect("watch");
-        assert!(watched.success, "{watched:?}\n{}", agent.log());
-        assert!(watched.stderr.contains("awaiting_approval"), "{}", watched.stderr);
-    });
+    // A watch that starts while the operation is held hears why it waits:
+    // approve only once it has said so.
+    let watcher = Watching::start(&cp, &id);
+    wait_for(
+        "the watch to say the operation awaits approval",
+        Duration::from_secs(20),
+        || watcher.stderr().contains("awaiting_approval").then_some(()),
+    );
+    let out = decide(&agent, "approve", &id, "change 7", "alice");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("approved"));
+    let watched = watcher.finish();
+    assert!(watched.success, "{watched:?}\n{}", agent.log());
+    assert!(watched.stderr.contains("awaiting_approval"), "{}", watched.stderr);
     assert!(sim_names(&agent).is_empty(), "deleted once approved");
     let granted = audited(&agent, &id, "approval.granted");
     assert_eq!(granted["detail"]["user"], "alice");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use byoc_tests::{SimDelays, World, bin, cluster, op};
+use byoc_tests::{SimDelays, World, bin, cluster, op, wait_for};
 use serde_json::Value;
 
 /// A small tmpfs mounted over a directory for the length of a test.
@@ -86,17 +86,34 @@ fn with_a_full_disk_the_agent_refuses_says_why_and_records_nothing_half_done() {
     let mut first_failed = None;
     for i in 0..40 {
         let id = cp.submit_json(&op("apply", "cluster", cluster(&format!("fill-{i}"))));
-        let result = result_within(&cp, &id, Duration::from_secs(5));
+        // Either its result, or the agent's word that it holds the result.
+        let held = |log: &str| {
+            log.lines()
+                .any(|l| l.contains(&id) && l.contains("the result is held until the agent restarts"))
+        };
+        let outcome = || match cp.get(&id)["results"].as_array().and_then(|r| r.first()) {
+            Some(r) => Some(Some(r.clone())),
+            None => held(&agent.log()).then_some(None),
+        };
+        let result = wait_for("a result, or word that it is held", Duration::from_secs(20), outcome);
         match result {
             Some(r) if r["outcome"] == "OUTCOME_SUCCEEDED" => continue,
             Some(r) => {
                 assert_eq!(r["problem"]["code"], "audit_unavailable", "{r}");
             }
-            None => assert!(
-                agent.log().contains("the result is held until the agent restarts"),
-                "no result and no word why: {}",
-                agent.log()
-            ),
+            None => {
+                assert!(
+                    agent.log().contains("the result is held until the agent restarts"),
+                    "no result and no word why: {}",
+                    agent.log()
+                );
+                // The control plane hears it too.
+                wait_for(
+                    "the control plane to hear the result is held",
+                    Duration::from_secs(20),
+                    || (cp.get(&id)["progress"]["phase"] == "outcome_held").then_some(()),
+                );
+            }
         }
         first_failed = Some(i);
         break;

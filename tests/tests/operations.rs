@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use byoc_tests::{SimDelays, World, cluster, op, wait_for};
 
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn audit_has(agent: &byoc_tests::Agent, op_id: &str, kind: &str) -> bool {
     agent.audit().iter().any(|e| e["op"] == op_id && e["kind"] == kind)
 }
@@ -120,18 +127,37 @@ fn the_client_certificate_is_renewed_in_band_before_it_expires() {
     let mut cp = w.control_plane_with("cp", &["--cert-lifetime", "6s"]);
     let agent = w.agent(&cp, SimDelays::default());
     let before = std::fs::read(agent.data_dir().join("identity/agent.der")).expect("cert");
-    wait_for("a renewal", Duration::from_secs(30), || {
+    let renewed_not_after = wait_for("a renewal", Duration::from_secs(30), || {
         agent
             .audit()
             .iter()
-            .any(|e| e["kind"] == "certificate.renewed")
-            .then_some(())
+            .find(|e| e["kind"] == "certificate.renewed")
+            .map(|e| e["detail"]["not_after_unix_ms"].as_i64())
+    });
+    // The renewal is audited before the certificate is stored: wait for the
+    // agent's word that it stored it.
+    wait_for("the renewed certificate to be stored", Duration::from_secs(20), || {
+        agent.log().contains("client certificate renewed").then_some(())
     });
     let after = std::fs::read(agent.data_dir().join("identity/agent.der")).expect("cert");
     assert_ne!(before, after, "a new certificate was stored");
     // Past the first certificate's expiry, a new connection must use the
-    // renewed one: restart the control plane to force a reconnect.
-    std::thread::sleep(Duration::from_secs(4));
+    // renewed one: restart the control plane to force a reconnect. The wait
+    // is the expiry itself, as enrollment audited it.
+    let first_not_after = agent
+        .audit()
+        .iter()
+        .find(|e| e["kind"] == "agent.enrolled")
+        .and_then(|e| e["detail"]["certificate_not_after_unix_ms"].as_i64())
+        .expect("the first certificate's expiry, audited at enrollment");
+    assert!(
+        renewed_not_after.is_some_and(|t| t > first_not_after),
+        "the renewed certificate outlives the first: {renewed_not_after:?} vs {first_not_after}"
+    );
+    wait_for("the first certificate to expire", Duration::from_secs(20), || {
+        // X.509 validity has whole seconds: one more for the rounding.
+        (now_ms() > first_not_after + 1000).then_some(())
+    });
     cp.restart();
     agent.wait_connected(&cp);
     assert!(

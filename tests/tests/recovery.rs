@@ -10,6 +10,25 @@ fn audit_has(agent: &byoc_tests::Agent, op_id: &str, kind: &str) -> bool {
     agent.audit().iter().any(|e| e["op"] == op_id && e["kind"] == kind)
 }
 
+/// Waits until the control plane has recorded every result the agent sent
+/// on its current session so far, including the unacknowledged ones it
+/// (re)sends as the session starts. It submits a probe the agent refuses at
+/// once (an invalid spec: no cloud call, no resource) and waits for the
+/// probe's result: the outbox sends results in order on the session's one
+/// stream, after the resends of the session's start, and the control plane
+/// records them in the order they arrive.
+fn results_sent_so_far_recorded(cp: &byoc_tests::ControlPlane) {
+    let probe = cp.submit_json(&op(
+        "apply",
+        "node_pool",
+        json!({"name": "probe", "cluster": "c", "instance_type": "g5.xlarge", "min_size": 1, "max_size": 5000, "desired_size": 2}),
+    ));
+    let r = wait_for("the probe's result", Duration::from_secs(20), || {
+        cp.get(&probe)["results"].as_array().and_then(|r| r.first()).cloned()
+    });
+    assert_eq!(r["problem"]["code"], "invalid_spec", "{r}");
+}
+
 #[test]
 fn control_plane_killed_mid_operation_gets_the_result_exactly_once() {
     let w = World::new();
@@ -26,7 +45,8 @@ fn control_plane_killed_mid_operation_gets_the_result_exactly_once() {
     wait_for("the agent to finish", Duration::from_secs(20), || {
         audit_has(&agent, &id, "operation.finished").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The result is in the outbox's journal, not acknowledged (nothing could be).
+    agent.wait_unacknowledged_results(1, Duration::from_secs(20));
     cp.start();
     let watched = cp.watch(&id);
     assert!(watched.success, "{watched:?}");
@@ -36,7 +56,10 @@ fn control_plane_killed_mid_operation_gets_the_result_exactly_once() {
     // Restart it once more: still one result, and the agent does not send it again.
     cp.restart();
     agent.wait_connected(&cp);
-    std::thread::sleep(Duration::from_millis(1500));
+    // The agent resends unacknowledged results when a session starts: wait
+    // until the control plane has recorded everything the agent sent so far,
+    // and only then look for a resend.
+    results_sent_so_far_recorded(&cp);
     let got = cp.get(&id);
     assert_eq!(got["results"].as_array().map(Vec::len), Some(1), "{got}");
     assert_eq!(
@@ -126,7 +149,8 @@ fn agent_killed_before_delivering_a_result_delivers_it_after_restart() {
     wait_for("the operation to finish", Duration::from_secs(20), || {
         audit_has(&agent, &id, "operation.finished").then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed once the result is durable in the outbox, before it can be sent.
+    agent.wait_unacknowledged_results(1, Duration::from_secs(20));
     agent.kill9();
     agent.start();
     cp.start();

@@ -345,7 +345,17 @@ fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     let out = cp.cli().arg("submit").arg(&path).output().expect("submit");
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
     cp.restart();
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The agent keeps dialling: wait until the restarted control plane has
+    // refused it. Two refusals logged after the restart: the first might be
+    // the old process's answer, logged late; the attempt after it can only
+    // have reached the new one.
+    let refusals = || agent.log().lines().filter(|l| l.contains("have been revoked")).count();
+    let before = refusals();
+    byoc_tests::wait_for(
+        "the restarted control plane to refuse the agent",
+        std::time::Duration::from_secs(20),
+        || (refusals() >= before + 2).then_some(()),
+    );
     assert!(!cp.agents().contains(" connected "), "{}", cp.agents());
     assert!(cp.agents().contains("revoked"), "{}", cp.agents());
 }
