@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use byoc_proto::agent::v1::{Operation, OperationResult};
-use byoc_proto::record::{RecordError, from_base64, to_base64};
+use byoc_proto::record::{Damage, RecordError, from_base64, to_base64};
 use byoc_wal::{self as wal, Sealer, Wal, WalError};
 use serde::{Deserialize, Serialize};
 
@@ -41,15 +41,6 @@ pub enum JournalError {
         #[source]
         source: Damage,
     },
-}
-
-/// What is wrong with a journal (or state) line.
-#[derive(Debug, thiserror::Error)]
-pub enum Damage {
-    #[error("not a journal record")]
-    Json(#[from] serde_json::Error),
-    #[error("the message it holds")]
-    Message(#[from] byoc_proto::record::RecordError),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,18 +9,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use byoc_proto::agent::v1::{Operation, OperationResult, Target};
-use byoc_proto::record::{from_base64, to_base64};
+use byoc_proto::record::{Damage, from_base64, to_base64};
 use byoc_wal::{self as wal, Plain, Wal, WalError};
 use serde::{Deserialize, Serialize};
-
-/// What is wrong with a state line.
-#[derive(Debug, thiserror::Error)]
-pub enum Damage {
-    #[error("not a state record")]
-    Json(#[from] serde_json::Error),
-    #[error("the message it holds")]
-    Message(#[from] byoc_proto::record::RecordError),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -19,6 +19,16 @@ pub enum RecordError {
     Message(#[source] prost::DecodeError),
 }
 
+/// What is wrong with a JSON-lines record that holds such messages (a line
+/// of the agent's journal or of the control plane's state log).
+#[derive(Debug, thiserror::Error)]
+pub enum Damage {
+    #[error("not a valid record")]
+    Json(#[from] serde_json::Error),
+    #[error("the message it holds")]
+    Message(#[from] RecordError),
+}
+
 /// Decodes what [`to_base64`] wrote.
 pub fn from_base64<M: prost::Message + Default>(text: &str) -> Result<M, RecordError> {
     let bytes = B64.decode(text).map_err(RecordError::Base64)?;
