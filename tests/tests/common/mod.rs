@@ -1,6 +1,6 @@
 //! Shared by security.rs and robustness.rs: certificates made at test time
 //! (never committed), a gRPC channel dialed the way the agent dials
-//! (agent/src/connect.rs), and the test-only raw protocol of tests/proto.
+//! (agent/src/dial/mod.rs), and the test-only raw protocol of tests/proto.
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
@@ -73,7 +73,7 @@ pub fn pkcs8(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
-/// Dials `url` (https://127.0.0.1:port) with `tls`, as agent/src/connect.rs
+/// Dials `url` (https://127.0.0.1:port) with `tls`, as agent/src/dial/mod.rs
 /// does: TCP, then tokio-rustls with our configuration, then HTTP/2.
 pub async fn channel(url: &str, tls: rustls::ClientConfig) -> Result<Channel, tonic::transport::Error> {
     let addr = url.strip_prefix("https://").expect("an https URL").to_string();
