@@ -216,6 +216,66 @@ fn a_protected_resource_is_never_deleted() {
     assert_eq!(sim_names(&agent), ["prod", "tagged"]);
 }
 
+/// The two-step attack: strip the protecting tag with an apply (allowed by
+/// default), then delete. The apply is refused with the rule named, the tag
+/// stays in the cloud, and so the delete is refused too.
+#[test]
+fn a_protecting_tag_cannot_be_stripped_to_delete_the_resource() {
+    let w = World::new();
+    let cp = w.control_plane();
+    let agent = agent_with_policy(&w, &cp, "[protected]\ntags = { env = \"prod\" }\n");
+    let spec = |tags: Value| json!({"name": "orders", "kubernetes_version": "1.31", "tags": tags});
+    assert!(
+        cp.watch(&cp.submit_json(&op("apply", "cluster", spec(json!({"env": "prod", "team": "a"})))))
+            .success,
+        "{}",
+        agent.log()
+    );
+
+    let strip = cp.submit_json(&op("apply", "cluster", spec(json!({"team": "a"}))));
+    let p = problem(&cp, &strip);
+    assert_eq!(
+        (p["code"].as_str(), p["rule"].as_str(), p["field"].as_str()),
+        (Some("policy_denied"), Some("protected.tag:env=prod"), Some("cluster.tags.env"))
+    );
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("this apply would remove it"),
+        "{p}"
+    );
+    assert_eq!(cp.get(&strip)["results"][0]["outcome"], "OUTCOME_REFUSED");
+    assert!(
+        !agent
+            .audit()
+            .iter()
+            .any(|e| e["op"] == strip.as_str() && e["kind"] == "provider.call" && e["detail"]["mutating"] == true),
+        "no mutating call was made for the stripping apply"
+    );
+    let tags = byoc_provider_sim::list_resources(&agent.sim_dir())
+        .expect("sim resources")
+        .into_iter()
+        .find(|r| r.name == "orders")
+        .expect("orders is still there")
+        .spec["tags"]
+        .clone();
+    assert_eq!(tags, json!({"env": "prod", "team": "a"}), "the tag is still on the resource");
+
+    let del = cp.submit_json(&op("delete", "cluster", spec(json!({}))));
+    assert_eq!(problem(&cp, &del)["rule"], "protected.tag:env=prod");
+    assert_eq!(sim_names(&agent), ["orders"]);
+
+    // Changing other tags of a protected resource still works.
+    assert!(
+        cp.watch(&cp.submit_json(&op("apply", "cluster", spec(json!({"env": "prod", "team": "b"})))))
+            .success,
+        "{}",
+        agent.log()
+    );
+    assert!(agent.audit_verify().status.success());
+}
+
 #[test]
 fn sighup_reloads_the_policy_and_an_invalid_file_keeps_the_old_one() {
     let w = World::new();

@@ -248,18 +248,20 @@ impl Executor {
 
     /// The policy in force decides the approved operation again; a denial refuses it.
     async fn decide_again(&self, v: &Verified) -> Result<(), Failure> {
-        let loaded = self.policy.current();
-        let d = loaded.policy.evaluate(&Request {
-            action: v.action,
-            region: Some(&v.region),
-            spec: &v.spec,
+        // Decided and its record queued under the policy's read lock, like
+        // every decision: a reload's record is either before it or after it.
+        let (record, d) = self.policy.decide_with(|loaded| {
+            let d = loaded.policy.evaluate(&Request {
+                action: v.action,
+                region: Some(&v.region),
+                spec: &v.spec,
+            });
+            let mut detail = decision_detail(&d, &loaded.sha256);
+            detail["stage"] = json!("approved");
+            (self.audit.submit(Event::new("policy.decision", Some(&v.id), detail)), d)
         });
-        let mut detail = decision_detail(&d, &loaded.sha256);
-        detail["stage"] = json!("approved");
-        self.audit
-            .record(Event::new("policy.decision", Some(&v.id), detail))
-            .await
-            .map_err(|e| Failure::AuditUnavailable(byoc_errors::chain(&e)))?;
+        let unavailable = |e: byoc_audit::AuditError| Failure::AuditUnavailable(byoc_errors::chain(&e));
+        record.map_err(unavailable)?.await.map_err(unavailable)?;
         match d {
             Decision::Deny { rule, message, field } => Err(Failure::Refused {
                 code: "policy_denied",

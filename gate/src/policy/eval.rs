@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use byoc_provider::{ResourceKind, ResourceSpec};
+use byoc_provider::{Plan, ResourceKind, ResourceSpec};
 use serde_json::Value;
 
 use super::{Effect, Pattern, Policy, Set};
@@ -158,6 +158,57 @@ impl Policy {
         };
         let (tags, labels) = (map("tags"), map("labels"));
         self.protected_by(kind.as_str(), name, tags.as_ref(), labels.as_ref())
+    }
+
+    /// Whether applying `plan` would take a resource's protection away: a tag
+    /// or label that a `protected` rule matches on the resource as the
+    /// provider observed it, and that the apply would remove or change to a
+    /// value the rule no longer matches. Stripping the tag first and deleting
+    /// second would otherwise get around `protected.tags`.
+    pub fn protection_removed(&self, kind: ResourceKind, name: &str, plan: &Plan) -> Option<Decision> {
+        let kind = kind.as_str();
+        for (what, rules) in [("tag", &self.protected.tags), ("label", &self.protected.labels)] {
+            let field = format!("{what}s");
+            for (key, pattern) in rules {
+                let path = format!("{field}.{key}");
+                // The value before and after, from the change that touches it:
+                // the key itself, or the whole map added or removed at once.
+                let touched = plan.changes.iter().find_map(|c| {
+                    let get = |v: &Option<Value>, whole: bool| -> Option<String> {
+                        let v = v.as_ref()?;
+                        let v = if whole { v.get(key.as_str())? } else { v };
+                        v.as_str().map(str::to_string)
+                    };
+                    if c.path == path {
+                        Some((get(&c.from, false), get(&c.to, false)))
+                    } else if c.path == field {
+                        Some((get(&c.from, true), get(&c.to, true)))
+                    } else {
+                        None
+                    }
+                });
+                let Some((Some(before), after)) = touched else {
+                    continue;
+                };
+                if !pattern.value.matches(&before) || after.as_deref().is_some_and(|a| pattern.value.matches(a)) {
+                    continue;
+                }
+                let change = match &after {
+                    None => "remove it".to_string(),
+                    Some(a) => format!("change it to {a:?}"),
+                };
+                return Some(Decision::deny(
+                    format!("protected.{what}:{key}={}", pattern.value.0),
+                    format!("{kind}.{path}"),
+                    format!(
+                        "{kind} {name} has {what} {key}={before}, which the policy protects; this apply would {change} \
+                         and leave the resource unprotected ({})",
+                        self.at(pattern.line)
+                    ),
+                ));
+            }
+        }
+        None
     }
 
     fn protected_by(&self, kind: &str, name: &str, tags: Option<&Map>, labels: Option<&Map>) -> Option<Decision> {

@@ -372,6 +372,59 @@ fn protection_is_also_checked_on_the_observed_resource() {
 }
 
 #[test]
+fn an_apply_may_not_take_a_protection_away() {
+    use byoc_provider::Plan;
+    let pol = p("[protected]\ntags = { env = \"prod*\" }\nlabels = { tier = \"critical\" }\n");
+    let with = |tags: serde_json::Value| {
+        spec(
+            ResourceKind::Cluster,
+            json!({"name": "c", "kubernetes_version": "1.31", "tags": tags}),
+        )
+    };
+    let observed = with(json!({"env": "prod", "team": "a"}));
+    let removed = |desired: &ResourceSpec, observed: &ResourceSpec| {
+        pol.protection_removed(desired.kind(), desired.name(), &Plan::for_apply(desired, Some(observed)))
+    };
+    // Removing every tag, or only the protecting one, or changing it: refused.
+    for desired in [with(json!({})), with(json!({"team": "a"})), with(json!({"env": "dev"}))] {
+        let d = removed(&desired, &observed).expect("protection taken away");
+        assert_eq!(denied_by(&d), "protected.tag:env=prod*", "{desired:?}");
+        let Decision::Deny { field, message, .. } = &d else {
+            unreachable!()
+        };
+        assert_eq!(field, "cluster.tags.env");
+        assert!(message.contains("has tag env=prod, which the policy protects"), "{message}");
+    }
+    // Still protected (another value the pattern matches), other tags
+    // changed, or an unprotected resource gaining or losing tags: allowed.
+    for desired in [
+        with(json!({"env": "prod-eu", "team": "a"})),
+        with(json!({"env": "prod", "team": "b"})),
+        with(json!({"env": "prod"})),
+    ] {
+        assert!(removed(&desired, &observed).is_none(), "{desired:?}");
+    }
+    let unprotected = with(json!({"env": "dev"}));
+    assert!(removed(&with(json!({})), &unprotected).is_none());
+    assert!(removed(&with(json!({"env": "prod"})), &unprotected).is_none());
+    // A new resource has nothing to lose.
+    assert!(
+        pol.protection_removed(ResourceKind::Cluster, "c", &Plan::for_apply(&with(json!({})), None))
+            .is_none()
+    );
+    // Labels on node pools, the same.
+    let labelled = |labels: serde_json::Value| {
+        spec(
+            ResourceKind::NodePool,
+            json!({"name": "p", "cluster": "c", "instance_type": "m6i.large", "min_size": 1, "max_size": 2,
+                   "desired_size": 1, "labels": labels}),
+        )
+    };
+    let d = removed(&labelled(json!({})), &labelled(json!({"tier": "critical"}))).expect("label taken away");
+    assert_eq!(denied_by(&d), "protected.label:tier=critical");
+}
+
+#[test]
 fn the_first_denial_in_the_documented_order_decides() {
     let pol = p(r#"
 read_only = true
