@@ -115,7 +115,20 @@ impl Executor {
         let this = self.clone();
         tokio::spawn(async move {
             let id = v.id.clone();
-            this.run(v, resumed, token, approval).await;
+            // In a task of its own, so that a panic (a bug, in the agent or a
+            // provider) becomes this operation's failure, recorded and
+            // reported, instead of an operation in flight for ever.
+            let runner = this.clone();
+            let kept = v.clone();
+            let ran = tokio::spawn(async move { runner.run(v, resumed, token, approval).await }).await;
+            if let Err(e) = ran
+                && e.is_panic()
+            {
+                let why = panic_message(e.into_panic());
+                error!(op = %id, panic = %why, "the operation's task panicked");
+                this.finish(&kept, None, Err(Failure::Panicked(why)), serde_json::Value::Null)
+                    .await;
+            }
             this.in_flight().remove(&id);
         });
     }
@@ -257,7 +270,7 @@ impl Executor {
             Ok(plan) => plan,
             Err(e) => return (None, Err(Failure::Provider(e))),
         };
-        if delete && let Err(f) = self.check_protection(v, &plan).await {
+        if let Err(f) = self.check_protection(v, &plan).await {
             return (Some(plan), Err(f));
         }
         if let Some((rule, approved)) = approved
@@ -284,26 +297,40 @@ impl Executor {
         (Some(plan), outcome.map_err(Failure::Provider))
     }
 
-    /// Before a delete: the policy's `protected` rules on the resource as the
-    /// provider observed it (the plan's `from`), not only on the spec the
-    /// control plane sent, whose tags it chose.
+    /// The policy's `protected` rules on the resource as the provider observed
+    /// it while planning, not only on the spec the control plane sent (whose
+    /// tags it chose): before a delete, whether the resource is protected;
+    /// before an apply, whether the apply would remove or change a protecting
+    /// tag or label (which would let a later delete through).
     async fn check_protection(&self, v: &Verified, plan: &Plan) -> Result<(), Failure> {
-        let Some(observed) = plan.changes.iter().find_map(|c| c.from.as_ref()) else {
-            return Ok(()); // already gone: nothing to protect
-        };
-        let loaded = self.policy.current();
-        let Some(d @ Decision::Deny { .. }) = loaded
-            .policy
-            .protection_observed(v.spec.kind(), v.spec.name(), observed)
-        else {
+        // Decided and its record queued under the policy's read lock, as at
+        // receipt: a reload's record is either before this decision or after.
+        let queued = self.policy.decide_with(|loaded| {
+            let decision = match v.action {
+                Action::Delete => {
+                    // None: already gone, nothing to protect.
+                    let observed = plan.changes.iter().find_map(|c| c.from.as_ref())?;
+                    loaded
+                        .policy
+                        .protection_observed(v.spec.kind(), v.spec.name(), observed)
+                }
+                Action::Apply => loaded
+                    .policy
+                    .protection_removed(v.spec.kind(), v.spec.name(), plan),
+                Action::Plan => None,
+            };
+            let d @ Decision::Deny { .. } = decision? else {
+                return None;
+            };
+            let mut detail = decision_detail(&d, &loaded.sha256);
+            detail["observed"] = json!(true);
+            Some((self.audit.submit(Event::new("policy.decision", Some(&v.id), detail)), d))
+        });
+        let Some((record, d)) = queued else {
             return Ok(());
         };
-        let mut detail = decision_detail(&d, &loaded.sha256);
-        detail["observed"] = json!(true);
-        self.audit
-            .record(Event::new("policy.decision", Some(&v.id), detail))
-            .await
-            .map_err(|e| Failure::AuditUnavailable(byoc_errors::chain(&e)))?;
+        let unavailable = |e: byoc_audit::AuditError| Failure::AuditUnavailable(byoc_errors::chain(&e));
+        record.map_err(unavailable)?.await.map_err(unavailable)?;
         let Decision::Deny { rule, message, field } = d else {
             return Ok(());
         };
@@ -351,6 +378,10 @@ enum Failure {
     Cancelled,
     /// The approval hold could not be kept on disk: nothing was done.
     HoldUnavailable(String),
+    /// The agent's task running the operation panicked (a bug). Cloud calls
+    /// it made before may have taken effect: the outcome is unknown, and a
+    /// later apply or delete converges from whatever is there.
+    Panicked(String),
     /// Refused after acceptance: by the policy (on what the provider observed,
     /// or when approved), or by the local approval (rejected, expired, stale).
     Refused {
@@ -421,6 +452,16 @@ fn to_result(
             String::new(),
             0,
         ),
+        Failure::Panicked(why) => (
+            Outcome::Failed,
+            "internal",
+            format!(
+                "the agent failed while running this operation ({why}); calls already made to the cloud may have \
+                 taken effect: apply or delete again to converge"
+            ),
+            String::new(),
+            0,
+        ),
         Failure::HoldUnavailable(e) => (
             Outcome::Failed,
             "approval_unavailable",
@@ -447,6 +488,16 @@ fn to_result(
         retry_after_ms,
     });
     r
+}
+
+/// The text of a panic's payload (a `&str` or `String`), else a placeholder.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p
+            .downcast::<&'static str>()
+            .map_or_else(|_| "a panic without a message".to_string(), |s| (*s).to_string()),
+    }
 }
 
 pub fn plan_to_wire(p: &Plan) -> Vec<pb::Change> {
