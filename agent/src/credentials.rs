@@ -95,7 +95,10 @@ impl Credentials {
     /// How often to check whether the certificate is due for renewal.
     pub fn renew_check_interval(&self) -> Duration {
         let e = &self.identity().enrollment;
-        let lifetime = (e.certificate_not_after_unix_ms - e.certificate_issued_unix_ms).max(10_000) as u64;
+        let lifetime = e
+            .certificate_not_after_unix_ms
+            .saturating_sub(e.certificate_issued_unix_ms)
+            .max(10_000) as u64;
         Duration::from_millis((lifetime / 20).clamp(500, 60_000))
     }
 
@@ -118,17 +121,39 @@ impl Credentials {
             (e.certificate_issued_unix_ms, e.certificate_not_after_unix_ms)
         };
         let now = self.clock.now_ms();
-        if !force && now < issued + (not_after - issued) * 2 / 3 {
+        if !force && now < renew_at(issued, not_after) {
             return;
         }
-        let (key_pem, resp) = match renew(client).await {
+        let (key, resp) = match renew(client).await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %byoc_errors::Chain(&e), "certificate renewal failed; will retry");
                 return;
             }
         };
-        let not_after = resp.certificate_not_after_unix_ms;
+        // Checked before anything is recorded or stored: a certificate for
+        // this new key, from a CA this agent trusts, for client
+        // authentication, valid now. Its own notAfter counts, not the
+        // response's word for it.
+        let trust = self.identity().trust.clone();
+        let not_after = match byoc_proto::transport::check_client_certificate(
+            &resp.certificate_der,
+            &trust,
+            key.public_key_raw(),
+            now,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                let error = byoc_errors::chain(&e);
+                error!(%error, "the control plane returned a certificate this agent cannot use; the current one stays in use");
+                let _ = self
+                    .audit
+                    .record(Event::new("certificate.refused", None, json!({ "error": error })))
+                    .await;
+                return;
+            }
+        };
+        let key_pem = key.serialize_pem();
         let recorded = self
             .audit
             .record(Event::new(
@@ -225,7 +250,7 @@ impl Credentials {
 
 /// Renews the client certificate over `client` (same connection): a new key
 /// pair, made here, and a CSR for it.
-async fn renew(client: &mut AgentServiceClient<Channel>) -> Result<(String, RenewResponse), RenewError> {
+async fn renew(client: &mut AgentServiceClient<Channel>) -> Result<(rcgen::KeyPair, RenewResponse), RenewError> {
     let key = rcgen::KeyPair::generate().map_err(RenewError::Key)?;
     let csr = crate::enroll::csr(&key).map_err(RenewError::Key)?;
     let resp = client
@@ -233,5 +258,31 @@ async fn renew(client: &mut AgentServiceClient<Channel>) -> Result<(String, Rene
         .await
         .map_err(RenewError::Refused)?
         .into_inner();
-    Ok((key.serialize_pem(), resp))
+    Ok((key, resp))
+}
+
+/// When a certificate issued at `issued` and valid until `not_after` (Unix
+/// ms) is due for renewal: two thirds of its lifetime in, computed without
+/// overflow whatever the two values are.
+pub fn renew_at(issued: i64, not_after: i64) -> i64 {
+    let (issued, not_after) = (i128::from(issued), i128::from(not_after));
+    let at = issued + (not_after - issued) * 2 / 3;
+    i64::try_from(at).unwrap_or(if at < 0 { i64::MIN } else { i64::MAX })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::renew_at;
+
+    #[test]
+    fn renewal_is_due_two_thirds_in_and_extreme_times_do_not_overflow() {
+        assert_eq!(renew_at(0, 3_000), 2_000);
+        assert_eq!(renew_at(1_000, 4_000), 3_000);
+        // A certificate "valid until the end of time" from a hostile or
+        // broken control plane: no overflow, no panic, renewal far away.
+        assert_eq!(renew_at(0, i64::MAX), (i128::from(i64::MAX) * 2 / 3) as i64);
+        assert!(renew_at(i64::MIN, i64::MAX) > 0);
+        // notAfter before issue: due at once.
+        assert!(renew_at(5_000, 0) < 5_000);
+    }
 }

@@ -34,6 +34,15 @@ enum Cmd {
         /// The control plane's URL, e.g. https://control.example.com:7443.
         #[arg(long)]
         control_plane: String,
+        /// Enroll again on a data directory that holds an earlier enrollment
+        /// (after a revocation, or when the certificate expired while the
+        /// agent was stopped). Once the control plane has issued the new
+        /// identity, the earlier identity, audit log (closed with a final
+        /// signed checkpoint) and journal are moved to DATA_DIR/archive/ and
+        /// the agent starts clean. Without it, such a directory is refused
+        /// before the token is used. Stop the agent first.
+        #[arg(long)]
+        reenroll: bool,
     },
     /// Run the agent: connect out, receive operations, apply them.
     ///
@@ -174,6 +183,11 @@ enum AuditCmd {
         /// the tree it signs. May be repeated.
         #[arg(long = "trusted-checkpoint")]
         trusted_checkpoints: Vec<PathBuf>,
+        /// How many entries may follow the newest checkpoint unsigned
+        /// (default: the config's `audit.checkpoint_every`, else 1000). A
+        /// longer unsigned tail, or entries with no checkpoint, do not verify.
+        #[arg(long, value_name = "N")]
+        max_unsigned: Option<u64>,
     },
     /// Print audit entries, optionally of one operation only (with its
     /// receipt, a C2SP tlog-proof, once a checkpoint covers its outcome).
@@ -244,9 +258,18 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             token,
             control_plane,
+            reenroll,
         } => {
             let cfg = Config::load(&config)?;
-            let e = runtime()?.block_on(byoc_agent::enroll::enroll(&cfg, &token, &control_plane))?;
+            let done = runtime()?.block_on(byoc_agent::enroll::enroll(&cfg, &token, &control_plane, reenroll))?;
+            let e = done.enrollment;
+            if let Some(dir) = &done.archived {
+                println!(
+                    "the earlier enrollment is archived in {}\n  verify its audit log with `byoc-agent audit verify --dir {}/audit --key OLD_KEY`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
             println!("enrolled as {} with {}", e.agent_id, e.control_plane);
             let vkey = byoc_agent::auditlog::dir(&cfg.data_dir).join(byoc_audit::log::VERIFIER_KEY);
             if let Ok(k) = std::fs::read_to_string(&vkey) {

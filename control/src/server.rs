@@ -12,7 +12,7 @@ use byoc_proto::control::v1::admin_service_server::AdminServiceServer;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::admin::AdminApi;
 use crate::hub::Hub;
@@ -53,6 +53,8 @@ pub async fn serve(
         std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("setting the mode of {}", cfg.data_dir.display()))?;
     }
+    // One control plane per data directory, held until the process ends.
+    let _lock = byoc_wal::DirLock::acquire(&cfg.data_dir, "control plane")?;
     let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &cfg.server_names)?);
     let store = Store::open(&cfg.data_dir.join("state.log"))?;
     let api = AgentApi {
@@ -102,22 +104,29 @@ pub async fn serve(
 
     let sock = admin_socket(&cfg.data_dir);
     let _ = std::fs::remove_file(&sock);
+    // The socket is made inside the data directory, which is 0700 already,
+    // so no other user can reach it between the bind and the chmod.
     let uds = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
-    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     }
+    // And each connection's peer is checked, not only the file's mode: the
+    // data directory's owner or root, as the kernel reports the peer.
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&cfg.data_dir)?.uid()
+    };
     let admin = tonic::transport::Server::builder()
         .add_service(AdminServiceServer::new(AdminApi(api.clone())))
-        .serve_with_incoming(UnixListenerStream::new(uds));
+        .serve_with_incoming(admin_peers(uds, owner));
     tokio::spawn(admin);
 
     // The address file is the readiness signal for scripts and tests.
     let url = format!("https://{addr}");
     let addr_file = cfg.data_dir.join("listen.url");
-    std::fs::write(addr_file.with_extension("tmp"), &url)?;
-    std::fs::rename(addr_file.with_extension("tmp"), &addr_file)?;
+    byoc_wal::write_atomic(&addr_file, url.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", addr_file.display()))?;
     info!(%url, data_dir = %cfg.data_dir.display(), ca_fingerprint = %hex::encode(pki.ca_fingerprint()), "control plane listening");
 
     let agent_svc = AgentServiceServer::new(api)
@@ -131,4 +140,27 @@ pub async fn serve(
         .await?;
     let _ = std::fs::remove_file(&sock);
     Ok(())
+}
+
+/// The admin socket's connections whose peer is `owner` (the data
+/// directory's owner) or root; others are closed unanswered, with a warning.
+fn admin_peers(
+    uds: UnixListener,
+    owner: u32,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(uds).filter(move |conn| match conn {
+        Err(_) => true,
+        Ok(stream) => match stream.peer_cred() {
+            Ok(cred) if cred.uid() == owner || cred.uid() == 0 => true,
+            Ok(cred) => {
+                warn!(uid = cred.uid(), pid = ?cred.pid(), "admin socket: refused a connection from another user");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "admin socket: refused a connection whose peer is unknown");
+                false
+            }
+        },
+    })
 }

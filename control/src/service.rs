@@ -206,6 +206,27 @@ impl AgentService for AgentApi {
                 t.cloud, t.account, t.region
             )));
         }
+        let sent = self
+            .store
+            .lock()
+            .agents
+            .get(&agent)
+            .map_or(0, |a| a.last_seq);
+        if hello.highest_operation_sequence > sent {
+            // Operations up to the agent's mark would never be sent: its
+            // journal is not this enrollment's (a data directory copied or
+            // re-enrolled by hand), or this control plane's state was rolled
+            // back. Said loudly: nothing else would show it.
+            warn!(
+                agent = %agent,
+                agent_mark = hello.highest_operation_sequence,
+                highest_sent = sent,
+                "the agent says it has recorded operation sequence {}, above the highest this control plane \
+                 ever assigned it ({sent}): operations up to that sequence will not reach it; re-enroll the \
+                 agent (byoc-agent enroll --reenroll) or restore this control plane's state",
+                hello.highest_operation_sequence
+            );
+        }
         let (tx, rx) = mpsc::channel::<Result<ControlMessage, Status>>(1024);
         let live = self.hub.connect(&agent, &hello.agent_version, now_ms(), tx.clone());
         info!(agent = %agent, version = %hello.agent_version, highest_seq = hello.highest_operation_sequence,

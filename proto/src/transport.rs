@@ -119,6 +119,58 @@ pub fn server_config_trusting(
     Ok(cfg)
 }
 
+/// Why a client certificate the control plane issued cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateProblem {
+    #[error("the certificate is not valid DER X.509")]
+    Parse,
+    #[error("the certificate is for another key than the one this agent made for it")]
+    WrongKey,
+    #[error("the certificate's validity ends before it begins")]
+    Validity,
+    #[error("the CA certificate is not valid DER X.509")]
+    Ca(#[source] rustls::Error),
+    #[error("no CA to check the certificate against")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("the certificate does not chain to a trusted CA for client authentication, or is not valid now")]
+    Chain(#[source] rustls::Error),
+}
+
+/// Checks a client certificate the control plane issued (at enrollment or
+/// renewal) before it is stored: it parses, certifies `public_key` (the raw
+/// public key this agent made), chains to one of `trusted` with the
+/// clientAuth purpose, and is valid at `now_ms`. Returns its notAfter in
+/// Unix milliseconds: the certificate's own, not what the response says.
+pub fn check_client_certificate(
+    cert_der: &[u8],
+    trusted: &[CertificateDer<'_>],
+    public_key: &[u8],
+    now_ms: i64,
+) -> Result<i64, CertificateProblem> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|_| CertificateProblem::Parse)?;
+    if cert.public_key().subject_public_key.data.as_ref() != public_key {
+        return Err(CertificateProblem::WrongKey);
+    }
+    let validity = cert.validity();
+    let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    if not_after < not_before {
+        return Err(CertificateProblem::Validity);
+    }
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for ca in trusted {
+        roots.add(ca.clone().into_owned()).map_err(CertificateProblem::Ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(CertificateProblem::Verifier)?;
+    let now = UnixTime::since_unix_epoch(std::time::Duration::from_millis(u64::try_from(now_ms).unwrap_or(0)));
+    verifier
+        .verify_client_cert(&CertificateDer::from(cert_der), &[], now)
+        .map_err(CertificateProblem::Chain)?;
+    Ok(not_after.saturating_mul(1000))
+}
+
 #[derive(Debug)]
 struct PinnedCaVerifier {
     fingerprint: [u8; 32],

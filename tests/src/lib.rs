@@ -373,6 +373,15 @@ impl Agent {
         self.dir.join("data")
     }
 
+    /// The agent id of the current enrollment.
+    pub fn agent_id(&self) -> String {
+        let e: Value = serde_json::from_slice(
+            &std::fs::read(self.data_dir().join("identity/enrollment.json")).expect("read enrollment.json"),
+        )
+        .expect("enrollment.json is JSON");
+        e["agent_id"].as_str().expect("agent_id").to_string()
+    }
+
     pub fn sim_dir(&self) -> PathBuf {
         self.dir.join("sim")
     }

@@ -69,13 +69,6 @@ fn apply(cp: &ControlPlane, account: &str, name: &str) {
     assert!(watched.success, "{name} on {account}: {watched:?}");
 }
 
-fn agent_id(agent: &Agent) -> String {
-    let e: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(agent.data_dir().join("identity/enrollment.json")).expect("read"))
-            .expect("json");
-    e["agent_id"].as_str().expect("agent id").to_string()
-}
-
 fn sha256(der: &[u8]) -> String {
     hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der).as_ref())
 }
@@ -173,7 +166,7 @@ fn agents_keep_working_across_rotate_renewal_and_finish() {
     apply(&cp, "acct-2", "after");
 
     // Revocation holds across the rotation.
-    let id = agent_id(&second);
+    let id = second.agent_id();
     ok(&cp.cli().args(["revoke", &id]).output().expect("revoke"));
     wait_for("the revoked agent to be refused", Duration::from_secs(20), || {
         second.log().contains("have been revoked").then_some(())
@@ -209,7 +202,7 @@ fn an_agent_that_slept_through_the_overlap_is_locked_out_and_told_to_enroll_agai
             let waiting = status
                 .lines()
                 .find(|l| l.starts_with("agents still on the previous CA"))?;
-            (waiting.contains(&agent_id(&sleeper)) && !waiting.contains(&agent_id(&awake))).then_some(())
+            (waiting.contains(&sleeper.agent_id()) && !waiting.contains(&awake.agent_id())).then_some(())
         },
     );
     apply(&cp, "acct-2", "awake-during");
@@ -218,7 +211,7 @@ fn an_agent_that_slept_through_the_overlap_is_locked_out_and_told_to_enroll_agai
     let refused = ca(&cp, &["finish"]);
     let err = String::from_utf8_lossy(&refused.stderr).to_string();
     assert_eq!(refused.status.code(), Some(2), "{err}");
-    assert!(err.contains(&agent_id(&sleeper)) && err.contains("--force"), "{err}");
+    assert!(err.contains(&sleeper.agent_id()) && err.contains("--force"), "{err}");
     assert_eq!(active_ca(&cp), new);
     assert!(ok(&ca(&cp, &["status"])).contains("previous CA"));
     ok(&ca(&cp, &["finish", "--force"]));
@@ -235,7 +228,7 @@ fn an_agent_that_slept_through_the_overlap_is_locked_out_and_told_to_enroll_agai
     let agents = cp.agents();
     let line = agents
         .lines()
-        .find(|l| l.contains(&agent_id(&sleeper)))
+        .find(|l| l.contains(&sleeper.agent_id()))
         .expect("listed");
     assert!(line.contains("offline"), "{agents}");
 }

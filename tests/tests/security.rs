@@ -324,10 +324,7 @@ fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     let w = World::new();
     let mut cp = w.control_plane();
     let agent = w.agent(&cp, SimDelays::default());
-    let enrollment: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(agent.data_dir().join("identity/enrollment.json")).expect("read"))
-            .expect("json");
-    let id = enrollment["agent_id"].as_str().expect("agent id").to_string();
+    let id = agent.agent_id();
 
     let out = cp.cli().args(["revoke", &id]).output().expect("revoke");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -20,6 +20,9 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
+mod lock;
+pub use lock::{DirLock, LOCK_FILE, LockError};
+
 /// Largest batch written with one sync.
 const MAX_BATCH: usize = 4096;
 
@@ -245,21 +248,36 @@ pub fn rewrite(path: &Path, lines: &[Vec<u8>]) -> Result<(), WalError> {
 /// file beside it (mode `mode`) is written and synced, renamed over `path`,
 /// and the directory synced.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(".tmp");
+    // A fresh name each time, created new: a temporary file left by a crash
+    // (or put there by someone else) is never reused with its old mode.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let tmp = path.with_file_name(tmp_name);
-    {
+    let written = (|| {
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+        let mut f = opts.open(&tmp)?;
+        // The mode asked for, whatever the umask took away or left.
+        #[cfg(unix)]
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         #[cfg(not(unix))]
         let _ = mode;
-        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     sync_dir(path)
 }
 
