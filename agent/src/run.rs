@@ -61,6 +61,9 @@ pub async fn run_until(cfg: Config, clock: Arc<dyn Clock>, shutdown: Cancellatio
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
     let identity = Identity::load(&data)?;
+    // One agent per data directory, held until the process ends: a second
+    // one would fork the audit chain and run operations twice.
+    let _lock = byoc_wal::DirLock::acquire(&data, "agent")?;
     let dialer = Dialer::from_config(&cfg.connection)?;
     let url = cfg
         .control_plane
@@ -210,12 +213,24 @@ pub async fn run_until(cfg: Config, clock: Arc<dyn Clock>, shutdown: Cancellatio
         tokio::spawn(async move { crate::connection::run(&session, &c, &shutdown).await })
     };
 
+    let mut connection = connection;
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         Some(fatal) = fatal_rx.recv() => Err(anyhow::Error::new(fatal)),
+        // The connection task ends only at shutdown. Ending otherwise (the
+        // journal failed, or a panic) ends the agent with an error, so the
+        // service manager restarts it: an agent that stays up without a
+        // connection would look alive and do nothing.
+        ended = &mut connection => match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the journal cannot record; stopping")),
+            Err(e) => Err(anyhow::Error::new(e).context("the connection task failed")),
+        },
     };
     shutdown.cancel();
-    let _ = connection.await;
+    if !connection.is_finished() {
+        let _ = connection.await;
+    }
     status.update(|s| s.connection = "stopped".into());
     status.write(&crate::status::path(&data));
     let _ = audit
