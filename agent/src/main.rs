@@ -369,8 +369,11 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             at,
             key,
             trusted_checkpoints,
+            max_unsigned,
         } => {
             let dir = at.resolve()?;
+            let max_unsigned =
+                max_unsigned.or_else(|| Config::load(&at.config).ok().map(|c| c.audit.checkpoint_every));
             let key = key
                 .map(|k| byoc_audit::note::Verifier::parse(&k))
                 .transpose()
@@ -382,6 +385,7 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             let opts = byoc_audit::verify::Options {
                 key,
                 trusted_checkpoints,
+                max_unsigned,
             };
             match byoc_audit::verify::verify_dir(&dir, &opts) {
                 Ok(s) => {

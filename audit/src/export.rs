@@ -54,7 +54,10 @@ pub fn export(dir: &Path, from: u64, out: &mut impl Write) -> Result<u64> {
     Ok(written)
 }
 
-/// The `tlog-proof` receipts of operation `op` (none until a checkpoint covers its outcome).
+/// The `tlog-proof` receipts of operation `op` (none until a checkpoint covers
+/// its outcome): those whose entry, in the log, is of `op`. A receipt's own
+/// `op` label is not trusted alone (relabelled, it would show operation A's
+/// outcome as B's); both must agree.
 pub fn receipts_for(dir: &Path, op: &str) -> Result<Vec<String>> {
     let path = dir.join(RECEIPTS);
     let text = match std::fs::read_to_string(&path) {
@@ -62,10 +65,17 @@ pub fn receipts_for(dir: &Path, op: &str) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(ReadError(format!("cannot read {}: {e}", path.display()))),
     };
+    let mut entries = std::collections::HashSet::new();
+    for_each_entry(dir, |e, _| {
+        if e.get("op").and_then(Value::as_str) == Some(op) {
+            entries.insert(e.get("seq").and_then(Value::as_u64).unwrap_or(u64::MAX));
+        }
+        Ok(())
+    })?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["op"] == op)
+        .filter(|v| v["op"] == op && v["index"].as_u64().is_some_and(|i| entries.contains(&i)))
         .filter_map(|v| v["proof"].as_str().map(str::to_string))
         .collect())
 }

@@ -310,6 +310,18 @@ pub enum AuditError {
     KeyMismatch { path: String },
     #[error("audit key {path}: {reason}")]
     Key { path: String, reason: String },
+    #[error(
+        "audit log {path} has {entries} entries, but {proof} signs a tree of {signed}: the log was rolled back \
+         (a snapshot or backup restored, or the file cut short). The agent will not continue it and overwrite \
+         that proof; keep copies of the log directory and investigate"
+    )]
+    RolledBack {
+        path: String,
+        entries: u64,
+        signed: u64,
+        /// What proves the longer tree: the checkpoint file or a receipt.
+        proof: String,
+    },
 }
 
 /// Loads the audit signing key at `path` (PKCS#8, mode 0600), making it on
@@ -383,6 +395,7 @@ impl AuditLog {
         }
         let path = dir.join(ENTRIES);
         let sealer = restore(&path, dir, signer, opts)?;
+        refuse_rollback(dir, &vkey, sealer.next_seq)?;
         let unsigned = sealer.unsigned;
         let alive = Arc::new(());
         let log = Self {
@@ -545,6 +558,42 @@ fn restore(path: &Path, dir: &Path, signer: Signer, opts: Options) -> Result<Mer
         }
     }
     Ok(s)
+}
+
+/// Refuses a log shorter than what this host's own proofs say it was: the
+/// `checkpoint` file (the newest signed tree) and the last receipt. Either
+/// names a tree of entries that a log of `entries` cannot hold if it was
+/// rolled back; continuing it would overwrite the proof of the rollback.
+fn refuse_rollback(dir: &Path, vkey: &str, entries: u64) -> Result<(), AuditError> {
+    let rolled_back = |signed: u64, proof: String| AuditError::RolledBack {
+        path: dir.join(ENTRIES).display().to_string(),
+        entries,
+        signed,
+        proof,
+    };
+    let cp_path = dir.join(LATEST_CHECKPOINT);
+    if let Ok(note) = std::fs::read_to_string(&cp_path)
+        && let Ok(verifier) = Verifier::parse(vkey)
+        && let Ok(text) = verifier.open(&note)
+        && let Ok(cp) = Checkpoint::parse(text)
+        // A checkpoint of `size` entries is itself entry `size`.
+        && cp.size >= entries
+    {
+        return Err(rolled_back(cp.size, cp_path.display().to_string()));
+    }
+    // The last receipt, once any torn tail a crash left is cut off.
+    let receipts = dir.join(RECEIPTS);
+    if let Some(line) = wal::last_line(&receipts)?
+        && let Ok(v) = serde_json::from_slice::<Value>(&line)
+        && let Some(index) = v["index"].as_u64()
+        && index >= entries
+    {
+        return Err(rolled_back(
+            index + 1,
+            format!("the receipt of entry {index} in {}", receipts.display()),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_hash(s: &str) -> Option<Hash> {

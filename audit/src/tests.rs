@@ -178,6 +178,7 @@ async fn a_trusted_checkpoint_catches_a_log_cut_back_with_its_checkpoint_files()
         &VerifyOptions {
             key: None,
             trusted_checkpoints: vec![kept],
+            ..Default::default()
         },
     )
     .expect_err("caught");
@@ -200,6 +201,7 @@ async fn a_foreign_key_is_refused_by_the_writer_and_the_verifier() {
         &VerifyOptions {
             key: Some(Verifier::parse(&other.verifier_key()).expect("vkey")),
             trusted_checkpoints: vec![],
+            ..Default::default()
         },
     )
     .expect_err("another key");
@@ -222,8 +224,11 @@ async fn entries_left_unsigned_by_a_crash_are_signed_at_the_next_open() {
         }
         // No close: as if killed.
     }
-    let s = check(dir.path()).expect("verifies");
-    assert_eq!((s.checkpoints, s.unsigned_tail), (0, 4));
+    // Chained but never signed: nothing proves who wrote it, so it does not
+    // verify (a fabricated log would look just the same).
+    let f = check(dir.path()).expect_err("no checkpoint: not proven");
+    assert_eq!(f.entry, 0);
+    assert!(f.reason.contains("no checkpoint signs any of the log's 4 entries"), "{f}");
     let log = AuditLog::open(&audit, key(dir.path()), opts(1000)).expect("reopen");
     log.record(Event::new("agent.started", None, json!({})))
         .await
@@ -253,7 +258,8 @@ async fn the_interval_signs_an_idle_log() {
     let mut signed = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        if check(dir.path()).expect("verifies").checkpoints == 1 {
+        // Until the interval signs it, the lone entry does not verify.
+        if check(dir.path()).is_ok_and(|s| s.checkpoints == 1) {
             signed = true;
             break;
         }
@@ -288,4 +294,95 @@ fn the_damaged_end_of_a_log_is_refused_not_continued() {
         Err(e) => panic!("unexpected {e}"),
         Ok(_) => panic!("continued a damaged log"),
     }
+}
+
+#[tokio::test]
+async fn an_unsigned_tail_longer_than_the_writers_bound_does_not_verify() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit");
+    {
+        let log = AuditLog::open(&audit, key(dir.path()), opts(1000)).expect("open");
+        log.record(Event::new("agent.enrolled", None, json!({})))
+            .await
+            .expect("record");
+        log.close().await.expect("signed");
+        for i in 0..5 {
+            log.record(Event::new("operation.finished", Some(&format!("op-{i}")), json!({})))
+                .await
+                .expect("record");
+        }
+        // No close: five entries after the checkpoint, unsigned.
+    }
+    let with_bound = |max| {
+        crate::verify::verify_dir(
+            &audit,
+            &VerifyOptions {
+                max_unsigned: Some(max),
+                ..Default::default()
+            },
+        )
+    };
+    let s = with_bound(5).expect("within the bound");
+    assert_eq!(s.unsigned_tail, 5);
+    let f = with_bound(4).expect_err("beyond the bound");
+    assert_eq!(f.entry, 2, "the first unsigned entry (after the enrollment and its checkpoint)");
+    assert!(
+        f.reason.contains("the last 5 entries, from this one on, are chained but not signed"),
+        "{f}"
+    );
+}
+
+#[tokio::test]
+async fn a_relabelled_receipt_does_not_verify_and_is_not_shown_as_the_other_operation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), 6, 1000).await;
+    let audit = dir.path().join("audit");
+    let receipts = audit.join(RECEIPTS);
+    let text = std::fs::read_to_string(&receipts).expect("receipts");
+    // Operation op-2's receipt, labelled as op-5's; op-5's own taken out.
+    let relabelled: String = text
+        .lines()
+        .filter(|l| !l.contains("\"op\":\"op-5\""))
+        .map(|l| l.replace("\"op\":\"op-2\"", "\"op\":\"op-5\""))
+        .map(|l| l + "\n")
+        .collect();
+    assert_ne!(relabelled, text);
+    std::fs::write(&receipts, relabelled).expect("write");
+    let f = check(dir.path()).expect_err("a relabelled receipt");
+    assert!(
+        f.reason.contains("the receipt says it is of operation op-5, but the entry it proves is of operation op-2"),
+        "{f}"
+    );
+    assert!(
+        crate::export::receipts_for(&audit, "op-5")
+            .expect("receipts")
+            .is_empty(),
+        "op-2's receipt is not shown as op-5's"
+    );
+}
+
+#[tokio::test]
+async fn a_rolled_back_log_is_not_continued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit");
+    write_log(dir.path(), 4, 1000).await;
+    let snapshot = std::fs::read(audit.join(ENTRIES)).expect("snapshot");
+    write_log(dir.path(), 6, 1000).await;
+    // The host is restored from the snapshot: the log goes back, the
+    // checkpoint file and receipts written since stay.
+    std::fs::write(audit.join(ENTRIES), &snapshot).expect("restore");
+    let err = AuditLog::open(&audit, key(dir.path()), opts(1000))
+        .err()
+        .expect("a rolled-back log is refused");
+    assert!(matches!(err, crate::AuditError::RolledBack { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("the log was rolled back"), "{msg}");
+    // Nothing was written: the proof of the longer tree is still there.
+    assert_eq!(std::fs::read(audit.join(ENTRIES)).expect("log"), snapshot);
+    // Receipts alone prove it too.
+    std::fs::remove_file(audit.join(LATEST_CHECKPOINT)).expect("rm checkpoint");
+    let err = AuditLog::open(&audit, key(dir.path()), opts(1000))
+        .err()
+        .expect("refused by a receipt");
+    assert!(err.to_string().contains("the receipt of entry"), "{err}");
 }

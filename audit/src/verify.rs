@@ -33,7 +33,15 @@ pub struct Options {
     /// Checkpoint notes kept outside this host (e.g. copied to a SIEM): the
     /// log must still contain each tree they sign.
     pub trusted_checkpoints: Vec<String>,
+    /// How many entries may follow the newest checkpoint unsigned. Default
+    /// [`DEFAULT_MAX_UNSIGNED`], the writer's own bound: it signs at least
+    /// that often, so a longer unsigned tail was not written by it (or its
+    /// checkpoints were taken out) and is not accepted as proven.
+    pub max_unsigned: Option<u64>,
 }
+
+/// The writer's default checkpoint bound (`checkpoint_every`).
+pub const DEFAULT_MAX_UNSIGNED: u64 = 1000;
 
 /// What a successful verification saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +82,9 @@ struct Head<'a> {
     kind: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     prev: std::borrow::Cow<'a, str>,
+    /// The operation the entry is about; a receipt of it must name the same.
+    #[serde(borrow, default)]
+    op: Option<std::borrow::Cow<'a, str>>,
 }
 
 struct ReceiptCheck {
@@ -196,6 +207,7 @@ pub fn verify_dir(dir: &Path, opts: &Options) -> Result<Summary, Failure> {
         &key,
     )?;
     s.key_from_log_dir = key_from_log_dir;
+    check_signed(&s, opts.max_unsigned.unwrap_or(DEFAULT_MAX_UNSIGNED))?;
     Ok(s)
 }
 
@@ -322,6 +334,20 @@ pub fn verify_log(
                     format!(
                         "{RECEIPTS} line {}: the receipt of operation {} comes after receipts of later entries (receipts are in log order)",
                         receipts.line, r.op
+                    ),
+                ));
+            }
+            // A receipt is bound to its entry's operation: relabelled, it
+            // would prove operation A's outcome as B's.
+            if head.op.as_deref() != Some(r.op.as_str()) {
+                return Err(fail(
+                    n,
+                    format!(
+                        "{RECEIPTS} line {}: the receipt says it is of operation {}, but the entry it proves is {} \
+                         (the receipt was relabelled)",
+                        receipts.line,
+                        r.op,
+                        head.op.as_deref().map_or("of no operation".to_string(), |o| format!("of operation {o}"))
                     ),
                 ));
             }
@@ -463,4 +489,33 @@ pub fn describe(dir: &Path, s: &Summary) -> String {
         out.push_str("\nnote: the key was read from verifier.key beside the log; pass --key with the key recorded at enrollment to rule out a re-signed log");
     }
     out
+}
+
+/// Chained entries prove nothing about who wrote them: anyone can compute the
+/// chain. Only a signed checkpoint does. A log with entries and no
+/// checkpoint, or more unsigned entries than the writer ever leaves, is
+/// refused, whatever key was given.
+fn check_signed(s: &Summary, max_unsigned: u64) -> Result<(), Failure> {
+    let n = s.entries;
+    if n > 0 && s.checkpoints == 0 {
+        return Err(fail(
+            0,
+            format!(
+                "no checkpoint signs any of the log's {n} entries: nothing in it is proven by the key (the agent \
+                 signs its log when enrolled and at every start)"
+            ),
+        ));
+    }
+    if s.unsigned_tail > max_unsigned {
+        return Err(fail(
+            n - s.unsigned_tail,
+            format!(
+                "the last {} entries, from this one on, are chained but not signed; the writer signs at least \
+                 every {max_unsigned} entries, so they were not written by it, or checkpoints were removed \
+                 (--max-unsigned sets the bound for a writer configured otherwise)",
+                s.unsigned_tail
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -30,6 +30,12 @@ struct Cli {
     /// tree it signs (detects entries cut off the end). May be repeated.
     #[arg(long = "trusted-checkpoint")]
     trusted_checkpoints: Vec<PathBuf>,
+    /// How many entries may follow the newest checkpoint unsigned: the
+    /// writer's `checkpoint_every` (default 1000). A longer unsigned tail, or
+    /// entries with no checkpoint at all, do not verify: a chain without a
+    /// signature proves nothing about who wrote it.
+    #[arg(long, value_name = "N")]
+    max_unsigned: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +71,7 @@ fn main() -> ExitCode {
     let opts = Options {
         key,
         trusted_checkpoints: trusted,
+        max_unsigned: cli.max_unsigned,
     };
     match verify::verify_dir(&cli.dir, &opts) {
         Ok(s) => {
