@@ -72,17 +72,30 @@ fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("approvals")
 }
 
-/// A file name for an operation id: the id itself when it is plainly safe,
-/// else its hex (ids come from the control plane: none may name another path).
+/// A file name for an operation id, distinct for distinct ids and within
+/// file-name limits (ids come from the control plane: none may name another
+/// path or another operation's file):
+/// - the id itself when it is plainly safe and does not begin like one of
+///   the two encoded forms (`op-1.json`);
+/// - else its hex, when that is short enough (`hex-6f702e31.json` for `op.1`);
+/// - else the hex of its SHA-256 (`sha256-….json`), for ids too long for
+///   either (the file holds the full id).
 fn file_name(op_id: &str) -> String {
+    const MAX_PLAIN: usize = 128;
+    const MAX_HEX: usize = 100; // "hex-" + 200 + ".json" < 255 bytes
     let safe = !op_id.is_empty()
-        && op_id.len() <= 128
+        && op_id.len() <= MAX_PLAIN
         && !op_id.starts_with('.')
+        && !op_id.starts_with("hex-")
+        && !op_id.starts_with("sha256-")
         && op_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if safe {
         format!("{op_id}.json")
-    } else {
+    } else if op_id.len() <= MAX_HEX {
         format!("hex-{}.json", hex::encode(op_id))
+    } else {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, op_id.as_bytes());
+        format!("sha256-{}.json", hex::encode(digest.as_ref()))
     }
 }
 
@@ -420,6 +433,36 @@ mod tests {
             assert_eq!(p.parent(), Some(Path::new("/data/approvals/pending")), "{evil}");
             assert!(p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("hex-")));
         }
+    }
+
+    #[test]
+    fn distinct_ids_get_distinct_file_names_within_limits() {
+        let d = Path::new("/data");
+        let name = |id: &str| {
+            hold_path(d, id)
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
+        };
+        // `op.1` is encoded as hex-6f702e31; an id that is literally that
+        // text must not share its file.
+        assert_eq!(name("op.1"), "hex-6f702e31.json");
+        assert_ne!(name("hex-6f702e31"), name("op.1"));
+        assert_ne!(name("sha256-00"), "sha256-00.json");
+        assert_eq!(name("op-1"), "op-1.json");
+        // Long ids stay within a file name's 255 bytes, and stay distinct.
+        let long_a = "a".repeat(4096);
+        let long_b = format!("{}b", "a".repeat(4095));
+        let weird = "é/".repeat(300);
+        for id in [&long_a, &long_b, &weird, &"x".repeat(129), &"y.".repeat(60)] {
+            assert!(name(id).len() <= 255, "{} bytes for an id of {}", name(id).len(), id.len());
+        }
+        assert_ne!(name(&long_a), name(&long_b));
+        // And a long one really is written and read back.
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_hold(dir.path(), &hold(&long_a, 10_000)).expect("write a hold with a 4 KiB id");
+        decide(dir.path(), &long_a, Choice::Approve, "", 2_000).expect("decide");
+        assert!(read_decision(dir.path(), &long_a).expect("read").is_some());
     }
 
     #[test]

@@ -93,9 +93,12 @@ pub const ENDPOINT_ENV: &[&str] = &["AWS_ENDPOINT_URL"];
 
 /// The first endpoint-overriding variable set in `vars` (the process
 /// environment), e.g. `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_EKS`.
-pub fn endpoint_override_in_env(vars: impl IntoIterator<Item = (String, String)>) -> Option<String> {
+/// Only the names are looked at, as the OS gives them: a variable whose
+/// name or value is not UTF-8 is not an endpoint override, and must not stop
+/// the agent (`std::env::vars` would panic on it).
+pub fn endpoint_override_in_env(vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Option<String> {
     vars.into_iter()
-        .map(|(k, _)| k)
+        .filter_map(|(k, _)| k.into_string().ok())
         .find(|k| ENDPOINT_ENV.iter().any(|p| k == p || k.starts_with(&format!("{p}_"))))
 }
 
@@ -170,7 +173,7 @@ impl AwsCloud {
     /// a profile's `endpoint_url`): the agent's credentials go to AWS, or to
     /// the emulator its own config names, and nowhere else.
     pub async fn connect(cfg: AwsConfig) -> Result<Self, SetupError> {
-        if let Some(var) = endpoint_override_in_env(std::env::vars()) {
+        if let Some(var) = endpoint_override_in_env(std::env::vars_os()) {
             return Err(SetupError::EndpointInEnvironment { var });
         }
         let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(cfg.region.clone()));
@@ -351,5 +354,29 @@ impl Provider for AwsCloud {
             ResourceSpec::Sandbox(s) => self.delete_sandbox(ctx, s).await,
             ResourceSpec::Database(d) => self.delete_database(ctx, d).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt as _;
+
+    #[test]
+    fn a_non_utf8_variable_is_not_an_override_and_does_not_panic() {
+        let bad = OsString::from_vec(vec![b'X', 0xff]);
+        let vars = vec![
+            (bad.clone(), OsString::from("v")),
+            (OsString::from("PATH"), bad),
+            (OsString::from("AWS_ENDPOINT_URL_EKS"), OsString::from("http://127.0.0.1:1")),
+        ];
+        assert_eq!(
+            super::endpoint_override_in_env(vars).as_deref(),
+            Some("AWS_ENDPOINT_URL_EKS")
+        );
+        assert_eq!(
+            super::endpoint_override_in_env(vec![(OsString::from("HOME"), OsString::from("/root"))]),
+            None
+        );
     }
 }
