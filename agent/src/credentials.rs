@@ -131,6 +131,10 @@ impl Credentials {
                 return;
             }
         };
+        // The CAs offered with the renewal first: during a CA rotation the
+        // new certificate is from the new CA, which the offer brings (judged,
+        // as always, by the chain the control plane presented here).
+        self.consider_trust(&resp.ca_certificates_der, server, "renew").await;
         // Checked before anything is recorded or stored: a certificate for
         // this new key, from a CA this agent trusts, for client
         // authentication, valid now. Its own notAfter counts, not the
@@ -183,7 +187,6 @@ impl Credentials {
                     .await;
             }
         }
-        self.consider_trust(&resp.ca_certificates_der, server, "renew").await;
     }
 
     /// Takes the CAs the control plane offered on this session (in `Welcome`

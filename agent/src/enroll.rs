@@ -222,7 +222,12 @@ impl Archived {
 /// final checkpoint, then moves its identity, audit log, journal and pending
 /// approvals under `archive/<time>-<agent id>/`. The kill switch
 /// (`paused.json`) stays: it is the customer's, not the enrollment's.
-async fn archive_previous(data: &Path, cfg: &Config, next_agent_id: &str, control_plane: &str) -> anyhow::Result<Archived> {
+async fn archive_previous(
+    data: &Path,
+    cfg: &Config,
+    next_agent_id: &str,
+    control_plane: &str,
+) -> anyhow::Result<Archived> {
     let old_id = Identity::load(data).ok().map(|i| i.enrollment.agent_id);
     let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let name = format!("{}-{}", stamp.replace(':', ""), old_id.as_deref().unwrap_or("unknown"));
@@ -252,10 +257,8 @@ async fn archive_previous(data: &Path, cfg: &Config, next_agent_id: &str, contro
     };
     match closed.await {
         Ok(()) => {
-            archived.checkpoint = std::fs::read_to_string(
-                crate::auditlog::dir(data).join(byoc_audit::log::LATEST_CHECKPOINT),
-            )
-            .ok();
+            archived.checkpoint =
+                std::fs::read_to_string(crate::auditlog::dir(data).join(byoc_audit::log::LATEST_CHECKPOINT)).ok();
         }
         Err(e) => {
             let why = byoc_errors::chain(&*e);
@@ -289,7 +292,9 @@ fn validate_issued(resp: &byoc_proto::agent::v1::EnrollResponse, key: &KeyPair) 
     }
     byoc_proto::transport::check_client_certificate(
         &resp.certificate_der,
-        &[rustls_pki_types::CertificateDer::from(resp.ca_certificate_der.as_slice())],
+        &[rustls_pki_types::CertificateDer::from(
+            resp.ca_certificate_der.as_slice(),
+        )],
         key.public_key_raw(),
         SystemClock.now_ms(),
     )

@@ -314,9 +314,7 @@ impl Executor {
                         .policy
                         .protection_observed(v.spec.kind(), v.spec.name(), observed)
                 }
-                Action::Apply => loaded
-                    .policy
-                    .protection_removed(v.spec.kind(), v.spec.name(), plan),
+                Action::Apply => loaded.policy.protection_removed(v.spec.kind(), v.spec.name(), plan),
                 Action::Plan => None,
             };
             let d @ Decision::Deny { .. } = decision? else {

@@ -372,8 +372,7 @@ fn audit(cmd: AuditCmd) -> anyhow::Result<ExitCode> {
             max_unsigned,
         } => {
             let dir = at.resolve()?;
-            let max_unsigned =
-                max_unsigned.or_else(|| Config::load(&at.config).ok().map(|c| c.audit.checkpoint_every));
+            let max_unsigned = max_unsigned.or_else(|| Config::load(&at.config).ok().map(|c| c.audit.checkpoint_every));
             let key = key
                 .map(|k| byoc_audit::note::Verifier::parse(&k))
                 .transpose()

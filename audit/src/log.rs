@@ -332,7 +332,27 @@ pub fn load_or_create_key(path: &Path, name: &str) -> Result<(Signer, bool), Aud
         reason,
     };
     match std::fs::read(path) {
-        Ok(pkcs8) => Ok((Signer::from_pkcs8(name, &pkcs8).map_err(|e| err(e.0))?, false)),
+        Ok(pkcs8) => {
+            // A key others could read may have been read: refuse rather than
+            // sign with it, and say so.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|e| err(e.to_string()))?
+                    .permissions()
+                    .mode()
+                    & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(err(format!(
+                        "mode {mode:04o} lets other users read the audit signing key; it must be 0600. Check who \
+                         could have read it, then `chmod 600 {}`",
+                        path.display()
+                    )));
+                }
+            }
+            Ok((Signer::from_pkcs8(name, &pkcs8).map_err(|e| err(e.0))?, false))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (signer, pkcs8) = Signer::generate(name).map_err(|e| err(e.0))?;
             wal::write_atomic(path, &pkcs8, 0o600).map_err(|e| err(e.to_string()))?;
@@ -379,6 +399,9 @@ impl AuditLog {
         #[cfg(unix)]
         std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
         builder.create(dir).map_err(io)?;
+        // An existing directory keeps whatever mode it had: make it 0700.
+        #[cfg(unix)]
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).map_err(io)?;
         let vkey = signer.verifier_key();
         let vkey_path = dir.join(VERIFIER_KEY);
         match std::fs::read_to_string(&vkey_path) {

@@ -228,7 +228,10 @@ async fn entries_left_unsigned_by_a_crash_are_signed_at_the_next_open() {
     // verify (a fabricated log would look just the same).
     let f = check(dir.path()).expect_err("no checkpoint: not proven");
     assert_eq!(f.entry, 0);
-    assert!(f.reason.contains("no checkpoint signs any of the log's 4 entries"), "{f}");
+    assert!(
+        f.reason.contains("no checkpoint signs any of the log's 4 entries"),
+        "{f}"
+    );
     let log = AuditLog::open(&audit, key(dir.path()), opts(1000)).expect("reopen");
     log.record(Event::new("agent.started", None, json!({})))
         .await
@@ -325,9 +328,13 @@ async fn an_unsigned_tail_longer_than_the_writers_bound_does_not_verify() {
     let s = with_bound(5).expect("within the bound");
     assert_eq!(s.unsigned_tail, 5);
     let f = with_bound(4).expect_err("beyond the bound");
-    assert_eq!(f.entry, 2, "the first unsigned entry (after the enrollment and its checkpoint)");
+    assert_eq!(
+        f.entry, 2,
+        "the first unsigned entry (after the enrollment and its checkpoint)"
+    );
     assert!(
-        f.reason.contains("the last 5 entries, from this one on, are chained but not signed"),
+        f.reason
+            .contains("the last 5 entries, from this one on, are chained but not signed"),
         "{f}"
     );
 }
@@ -350,7 +357,8 @@ async fn a_relabelled_receipt_does_not_verify_and_is_not_shown_as_the_other_oper
     std::fs::write(&receipts, relabelled).expect("write");
     let f = check(dir.path()).expect_err("a relabelled receipt");
     assert!(
-        f.reason.contains("the receipt says it is of operation op-5, but the entry it proves is of operation op-2"),
+        f.reason
+            .contains("the receipt says it is of operation op-5, but the entry it proves is of operation op-2"),
         "{f}"
     );
     assert!(
@@ -385,4 +393,31 @@ async fn a_rolled_back_log_is_not_continued() {
         .err()
         .expect("refused by a receipt");
     assert!(err.to_string().contains("the receipt of entry"), "{err}");
+}
+
+#[test]
+fn a_signing_key_others_can_read_is_refused_and_a_loose_log_directory_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.key");
+    crate::load_or_create_key(&path, "byoc-agent/audit/t").expect("made");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let Err(err) = crate::load_or_create_key(&path, "byoc-agent/audit/t") else {
+        panic!("a key others can read must be refused");
+    };
+    assert!(
+        err.to_string()
+            .contains("mode 0644 lets other users read the audit signing key"),
+        "{err}"
+    );
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (signer, made) = crate::load_or_create_key(&path, "byoc-agent/audit/t").expect("accepted at 0600");
+    assert!(!made);
+
+    let audit = dir.path().join("audit");
+    std::fs::create_dir(&audit).expect("mkdir");
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    drop(AuditLog::open(&audit, signer, opts(1000)).expect("open"));
+    let mode = std::fs::metadata(&audit).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
 }

@@ -347,7 +347,9 @@ pub fn verify_log(
                          (the receipt was relabelled)",
                         receipts.line,
                         r.op,
-                        head.op.as_deref().map_or("of no operation".to_string(), |o| format!("of operation {o}"))
+                        head.op
+                            .as_deref()
+                            .map_or("of no operation".to_string(), |o| format!("of operation {o}"))
                     ),
                 ));
             }

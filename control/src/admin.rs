@@ -24,6 +24,8 @@ use crate::store::Record;
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(15 * 60);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_OP_TTL: Duration = Duration::from_secs(15 * 60);
+/// Bounds the arithmetic as well as the request: far beyond any agent's limit.
+const MAX_OP_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Largest spec accepted; the agent's own limit is the gRPC message size.
 const MAX_SPEC_BYTES: usize = 64 * 1024;
 
@@ -129,6 +131,11 @@ impl AdminService for AdminApi {
             0 => DEFAULT_OP_TTL,
             s => Duration::from_secs(s),
         };
+        if ttl > MAX_OP_TTL {
+            return Err(Status::invalid_argument(
+                "operation ttl may be at most 24h (agents refuse lifetimes above their max_operation_lifetime, 15m by default)",
+            ));
+        }
         let key = self.0.pki.clone();
         let id = format!("op-{}", random_hex(8)?);
         let op = self

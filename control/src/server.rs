@@ -35,6 +35,9 @@ pub fn admin_socket(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.sock")
 }
 
+/// The longest client certificate lifetime `serve` accepts.
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Runs the control plane until `shutdown` resolves.
 pub async fn serve(
     cfg: ServeConfig,
@@ -43,8 +46,11 @@ pub async fn serve(
     if cfg.heartbeat_interval < Duration::from_secs(1) || cfg.heartbeat_interval > Duration::from_secs(300) {
         anyhow::bail!("--heartbeat-interval must be between 1s and 5m (agents clamp to that range too)");
     }
-    if cfg.cert_lifetime < Duration::from_secs(5) {
-        anyhow::bail!("--cert-lifetime must be at least 5s");
+    if cfg.cert_lifetime < Duration::from_secs(5) || cfg.cert_lifetime > MAX_CERT_LIFETIME {
+        anyhow::bail!(
+            "--cert-lifetime must be between 5s and 365days: agents renew at two thirds of it, so a short one costs \
+             little, and a longer one would outlive any reasonable CA rotation"
+        );
     }
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     #[cfg(unix)]

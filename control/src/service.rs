@@ -206,12 +206,7 @@ impl AgentService for AgentApi {
                 t.cloud, t.account, t.region
             )));
         }
-        let sent = self
-            .store
-            .lock()
-            .agents
-            .get(&agent)
-            .map_or(0, |a| a.last_seq);
+        let sent = self.store.lock().agents.get(&agent).map_or(0, |a| a.last_seq);
         if hello.highest_operation_sequence > sent {
             // Operations up to the agent's mark would never be sent: its
             // journal is not this enrollment's (a data directory copied or

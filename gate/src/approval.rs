@@ -455,7 +455,12 @@ mod tests {
         let long_b = format!("{}b", "a".repeat(4095));
         let weird = "é/".repeat(300);
         for id in [&long_a, &long_b, &weird, &"x".repeat(129), &"y.".repeat(60)] {
-            assert!(name(id).len() <= 255, "{} bytes for an id of {}", name(id).len(), id.len());
+            assert!(
+                name(id).len() <= 255,
+                "{} bytes for an id of {}",
+                name(id).len(),
+                id.len()
+            );
         }
         assert_ne!(name(&long_a), name(&long_b));
         // And a long one really is written and read back.

@@ -44,7 +44,10 @@ fn a_second_agent_or_control_plane_on_the_same_data_directory_exits_at_once() {
             msg.contains("is using the data directory") && msg.contains("only one agent may run on it at a time"),
             "{msg}"
         );
-        assert!(msg.contains(&format!("(pid {})", agent.pid())), "names the holder: {msg}");
+        assert!(
+            msg.contains(&format!("(pid {})", agent.pid())),
+            "names the holder: {msg}"
+        );
     }
     // Enrolling while the agent runs is refused the same way, before the token is used.
     let token = cp.token("15m");
@@ -56,7 +59,11 @@ fn a_second_agent_or_control_plane_on_the_same_data_directory_exits_at_once() {
         .output()
         .expect("enroll");
     assert_eq!(enroll.status.code(), Some(2), "{}", stderr(&enroll));
-    assert!(stderr(&enroll).contains("only one agent may run on it"), "{}", stderr(&enroll));
+    assert!(
+        stderr(&enroll).contains("only one agent may run on it"),
+        "{}",
+        stderr(&enroll)
+    );
 
     for id in &ids {
         assert!(cp.watch(id).success, "{}", agent.log());
@@ -159,8 +166,15 @@ fn re_enrolling_after_a_revocation_archives_the_earlier_log_and_sequence_one_run
         .map(|l| serde_json::from_str(l).expect("entry"))
         .collect();
     let kinds: Vec<&str> = old_entries.iter().filter_map(|e| e["kind"].as_str()).collect();
-    assert_eq!(kinds[kinds.len() - 2..], ["agent.archived", "audit.checkpoint"], "{kinds:?}");
-    assert_eq!(old_entries[old_entries.len() - 2]["detail"]["next_agent_id"], new_id.as_str());
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["agent.archived", "audit.checkpoint"],
+        "{kinds:?}"
+    );
+    assert_eq!(
+        old_entries[old_entries.len() - 2]["detail"]["next_agent_id"],
+        new_id.as_str()
+    );
     assert!(archives[0].join("journal.log").exists());
 
     // The new log starts with the new enrollment, naming the archived one.

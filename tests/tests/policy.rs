@@ -236,7 +236,11 @@ fn a_protecting_tag_cannot_be_stripped_to_delete_the_resource() {
     let p = problem(&cp, &strip);
     assert_eq!(
         (p["code"].as_str(), p["rule"].as_str(), p["field"].as_str()),
-        (Some("policy_denied"), Some("protected.tag:env=prod"), Some("cluster.tags.env"))
+        (
+            Some("policy_denied"),
+            Some("protected.tag:env=prod"),
+            Some("cluster.tags.env")
+        )
     );
     assert!(
         p["message"]
@@ -260,7 +264,11 @@ fn a_protecting_tag_cannot_be_stripped_to_delete_the_resource() {
         .expect("orders is still there")
         .spec["tags"]
         .clone();
-    assert_eq!(tags, json!({"env": "prod", "team": "a"}), "the tag is still on the resource");
+    assert_eq!(
+        tags,
+        json!({"env": "prod", "team": "a"}),
+        "the tag is still on the resource"
+    );
 
     let del = cp.submit_json(&op("delete", "cluster", spec(json!({}))));
     assert_eq!(problem(&cp, &del)["rule"], "protected.tag:env=prod");

@@ -356,3 +356,17 @@ fn a_revoked_agent_is_disconnected_and_cannot_come_back() {
     assert!(!cp.agents().contains(" connected "), "{}", cp.agents());
     assert!(cp.agents().contains("revoked"), "{}", cp.agents());
 }
+
+#[test]
+fn a_certificate_lifetime_beyond_a_year_is_refused_at_start() {
+    let w = World::new();
+    let out = std::process::Command::new(byoc_tests::bin("byoc-control"))
+        .arg("--data-dir")
+        .arg(w.path("cp-long"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cert-lifetime", "100years"])
+        .output()
+        .expect("serve");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--cert-lifetime must be between 5s and 365days"), "{err}");
+}

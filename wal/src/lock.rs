@@ -47,7 +47,10 @@ impl DirLock {
     /// names the kind of process for the error (`"agent"`, `"control plane"`).
     pub fn acquire(dir: &Path, what: &'static str) -> Result<Self, LockError> {
         let path = dir.join(LOCK_FILE);
-        let io_err = |source| LockError::Io { dir: dir.into(), source };
+        let io_err = |source| LockError::Io {
+            dir: dir.into(),
+            source,
+        };
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]

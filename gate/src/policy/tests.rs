@@ -383,7 +383,11 @@ fn an_apply_may_not_take_a_protection_away() {
     };
     let observed = with(json!({"env": "prod", "team": "a"}));
     let removed = |desired: &ResourceSpec, observed: &ResourceSpec| {
-        pol.protection_removed(desired.kind(), desired.name(), &Plan::for_apply(desired, Some(observed)))
+        pol.protection_removed(
+            desired.kind(),
+            desired.name(),
+            &Plan::for_apply(desired, Some(observed)),
+        )
     };
     // Removing every tag, or only the protecting one, or changing it: refused.
     for desired in [with(json!({})), with(json!({"team": "a"})), with(json!({"env": "dev"}))] {
@@ -393,7 +397,10 @@ fn an_apply_may_not_take_a_protection_away() {
             unreachable!()
         };
         assert_eq!(field, "cluster.tags.env");
-        assert!(message.contains("has tag env=prod, which the policy protects"), "{message}");
+        assert!(
+            message.contains("has tag env=prod, which the policy protects"),
+            "{message}"
+        );
     }
     // Still protected (another value the pattern matches), other tags
     // changed, or an unprotected resource gaining or losing tags: allowed.

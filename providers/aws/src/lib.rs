@@ -96,7 +96,9 @@ pub const ENDPOINT_ENV: &[&str] = &["AWS_ENDPOINT_URL"];
 /// Only the names are looked at, as the OS gives them: a variable whose
 /// name or value is not UTF-8 is not an endpoint override, and must not stop
 /// the agent (`std::env::vars` would panic on it).
-pub fn endpoint_override_in_env(vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Option<String> {
+pub fn endpoint_override_in_env(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Option<String> {
     vars.into_iter()
         .filter_map(|(k, _)| k.into_string().ok())
         .find(|k| ENDPOINT_ENV.iter().any(|p| k == p || k.starts_with(&format!("{p}_"))))
@@ -368,7 +370,10 @@ mod tests {
         let vars = vec![
             (bad.clone(), OsString::from("v")),
             (OsString::from("PATH"), bad),
-            (OsString::from("AWS_ENDPOINT_URL_EKS"), OsString::from("http://127.0.0.1:1")),
+            (
+                OsString::from("AWS_ENDPOINT_URL_EKS"),
+                OsString::from("http://127.0.0.1:1"),
+            ),
         ];
         assert_eq!(
             super::endpoint_override_in_env(vars).as_deref(),
