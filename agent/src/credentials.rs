@@ -148,12 +148,12 @@ impl Credentials {
         ) {
             Ok(t) => t,
             Err(e) => {
-                let error = byoc_errors::chain(&e);
-                error!(%error, "the control plane returned a certificate this agent cannot use; the current one stays in use");
-                let _ = self
-                    .audit
-                    .record(Event::new("certificate.refused", None, json!({ "error": error })))
-                    .await;
+                self.renewal_not_used(
+                    "certificate.refused",
+                    "the control plane returned a certificate this agent cannot use",
+                    &e,
+                )
+                .await;
                 return;
             }
         };
@@ -179,14 +179,26 @@ impl Credentials {
                 self.status.update(|s| s.certificate_not_after_unix_ms = not_after);
             }
             Err(e) => {
-                let error = byoc_errors::chain(&e);
-                error!(%error, "cannot store the renewed certificate; the current one stays in use");
-                let _ = self
-                    .audit
-                    .record(Event::new("certificate.not_stored", None, json!({ "error": error })))
+                self.renewal_not_used("certificate.not_stored", "cannot store the renewed certificate", &e)
                     .await;
             }
         }
+    }
+
+    /// Logs and audits (as `kind`, best effort: nothing changes either way)
+    /// why a renewed certificate is not used; the current one stays.
+    async fn renewal_not_used(
+        &self,
+        kind: &'static str,
+        what: &str,
+        e: &(dyn std::error::Error + Send + Sync + 'static),
+    ) {
+        let error = byoc_errors::chain(e);
+        error!(%error, "{what}; the current certificate stays in use");
+        let _ = self
+            .audit
+            .record(Event::new(kind, None, json!({ "error": error })))
+            .await;
     }
 
     /// Takes the CAs the control plane offered on this session (in `Welcome`

@@ -66,8 +66,8 @@ fn previous_enrollment(data: &Path) -> Vec<&'static str> {
     if nonempty(crate::auditlog::dir(data).join(byoc_audit::log::ENTRIES)) {
         found.push("audit/");
     }
-    if nonempty(data.join("journal.log")) {
-        found.push("journal.log");
+    if nonempty(crate::journal::path(data)) {
+        found.push(crate::journal::FILE);
     }
     found
 }
@@ -267,7 +267,7 @@ async fn archive_previous(
         }
     }
     create_private_dir(&archive)?;
-    for part in ["identity", "audit", "journal.log", "approvals"] {
+    for part in ["identity", "audit", crate::journal::FILE, "approvals"] {
         let from = data.join(part);
         if from.exists() {
             std::fs::rename(&from, archive.join(part))

@@ -15,6 +15,7 @@ use backon::{ExponentialBuilder, Retryable};
 use byoc_audit::{AuditLog, Event};
 use byoc_proto::agent::v1::{self as pb, AgentMessage, OperationProgress, OperationResult, Outcome, agent_message};
 use byoc_provider::{CallContext, CallHooks, Outputs, Plan, PlanSummary, Provider, ProviderCall, ProviderError};
+use futures::FutureExt as _;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -115,16 +116,15 @@ impl Executor {
         let this = self.clone();
         tokio::spawn(async move {
             let id = v.id.clone();
-            // In a task of its own, so that a panic (a bug, in the agent or a
-            // provider) becomes this operation's failure, recorded and
-            // reported, instead of an operation in flight for ever.
-            let runner = this.clone();
+            // A panic (a bug, in the agent or a provider) becomes this
+            // operation's failure, recorded and reported, instead of an
+            // operation in flight for ever.
             let kept = v.clone();
-            let ran = tokio::spawn(async move { runner.run(v, resumed, token, approval).await }).await;
-            if let Err(e) = ran
-                && e.is_panic()
-            {
-                let why = panic_message(e.into_panic());
+            let ran = std::panic::AssertUnwindSafe(this.run(v, resumed, token, approval))
+                .catch_unwind()
+                .await;
+            if let Err(payload) = ran {
+                let why = panic_message(payload);
                 error!(op = %id, panic = %why, "the operation's task panicked");
                 this.finish(&kept, None, Err(Failure::Panicked(why)), serde_json::Value::Null)
                     .await;

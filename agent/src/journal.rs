@@ -176,6 +176,14 @@ impl Sealer for JournalSealer {
     }
 }
 
+/// The journal's file name inside the data directory.
+pub const FILE: &str = "journal.log";
+
+/// The journal of the agent whose data directory is `data_dir`.
+pub fn path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join(FILE)
+}
+
 #[derive(Clone)]
 pub struct Journal {
     wal: Wal<JournalSealer>,

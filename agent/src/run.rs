@@ -72,7 +72,7 @@ pub async fn run_until(cfg: Config, clock: Arc<dyn Clock>, shutdown: Cancellatio
     info!(control_plane = %url, route = %dialer.describe(&url), "dialing the control plane");
     let agent_id = identity.enrollment.agent_id.clone();
     let audit = crate::auditlog::open(&data, &agent_id, &cfg.audit)?;
-    let (journal, replayed) = Journal::open(&data.join("journal.log"))?;
+    let (journal, replayed) = Journal::open(&crate::journal::path(&data))?;
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let (outbox, outbox_stats) = Outbox::start(
         journal.clone(),

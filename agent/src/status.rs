@@ -123,9 +123,9 @@ impl StatusHandle {
             let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             serde_json::to_vec_pretty(&*s).unwrap_or_default()
         };
-        // With its mode set, not the process umask's; atomically, so a
-        // reader never sees half a file.
-        if byoc_wal::write_atomic(file, &bytes, 0o644).is_err() {
+        // With its mode set, not the process umask's; never half a file for
+        // a reader. Not synced: it only reports, and is rewritten often.
+        if byoc_wal::write_replacing(file, &bytes, 0o644).is_err() {
             tracing::warn!(path = %file.display(), "cannot write the status file");
         }
     }

@@ -23,8 +23,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,64 +35,19 @@ use byoc_gate::pause::Pause;
 use byoc_proto::agent::v1::{
     Action, Change, Operation, OperationResult, Outcome, Outputs, Problem, ResourceKind, Target,
 };
+use byoc_testkit::{Golden, mode};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-const ENV: &str = "BYOC_UPDATE_GOLDEN";
+/// The golden files, in `agent/tests/golden/`.
+const G: Golden = Golden::new(
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"),
+    "cargo test -p byoc-agent --test golden",
+    "the agent's on-disk format changed",
+);
 /// 2023-11-14T22:13:20Z.
 const START_MS: i64 = 1_700_000_000_000;
 const AGENT_ID: &str = "agt-golden";
-
-fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
-}
-
-fn golden(name: &str) -> Vec<u8> {
-    let path = golden_path(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; write it with `{ENV}=1 cargo test -p byoc-agent --test golden`",
-            path.display()
-        )
-    })
-}
-
-fn updating() -> bool {
-    std::env::var_os(ENV).is_some()
-}
-
-/// The golden file `name` to read back; while the goldens are being
-/// regenerated, `fresh` (what the writing test writes to it), so that one
-/// run regenerates everything whatever order the tests run in.
-fn golden_or(name: &str, fresh: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-    if updating() { fresh() } else { golden(name) }
-}
-
-/// `actual` equals the golden file `name` (rewritten instead under `BYOC_UPDATE_GOLDEN`).
-fn assert_golden(name: &str, actual: &[u8]) {
-    let path = golden_path(name);
-    if updating() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write the golden file");
-        eprintln!("rewrote {}", path.display());
-        return;
-    }
-    let expected = golden(name);
-    assert!(
-        expected == actual,
-        "{} no longer matches what the agent writes: the on-disk format changed.\n\
-         If that is deliberate (and files written before still read), regenerate it with \
-         `{ENV}=1 cargo test -p byoc-agent --test golden` and review the diff.\n\
-         --- golden\n{}\n--- now\n{}",
-        path.display(),
-        String::from_utf8_lossy(&expected),
-        String::from_utf8_lossy(actual),
-    );
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
-}
 
 // ---------------------------------------------------------------- journal
 
@@ -222,17 +176,17 @@ async fn the_journal_is_written_as_its_golden_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.log");
     write_journal(&path).await;
-    assert_golden("journal.log", &std::fs::read(&path).expect("read"));
+    G.assert("journal.log", &std::fs::read(&path).expect("read"));
 }
 
 #[tokio::test]
 async fn the_golden_journal_replays_to_its_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("journal.log");
-    if updating() {
+    if Golden::updating() {
         write_journal(&path).await;
     } else {
-        std::fs::write(&path, golden("journal.log")).expect("copy");
+        std::fs::write(&path, G.read("journal.log")).expect("copy");
     }
     let check = |st: &byoc_agent::journal::Replayed| {
         // Operation 1 has its result, operation 3 too; operation 2 is held.
@@ -251,7 +205,7 @@ async fn the_golden_journal_replays_to_its_state() {
     check(&st);
     drop(j);
     // Replay compacted the file to what is live.
-    assert_golden("journal.compacted.log", &std::fs::read(&path).expect("read"));
+    G.assert("journal.compacted.log", &std::fs::read(&path).expect("read"));
     let (_j, st) = Journal::open(&path).expect("replay the compacted journal");
     check(&st);
 }
@@ -317,7 +271,7 @@ fn enrolled_data_dir(ca: &TestCa) -> tempfile::TempDir {
         ("operation-key.pub", vec![7; 32], 0o644),
         (
             "enrollment.json",
-            golden_or("enrollment.json", || {
+            G.read_or("enrollment.json", || {
                 serde_json::to_vec_pretty(&enrollment()).expect("json")
             }),
             0o640,
@@ -345,13 +299,13 @@ fn enrollment_json_is_written_as_its_golden_file() {
     };
     id.save_enrollment().expect("save");
     let path = dir.join("enrollment.json");
-    assert_golden("enrollment.json", &std::fs::read(&path).expect("read"));
+    G.assert("enrollment.json", &std::fs::read(&path).expect("read"));
     assert_eq!(mode(&path), 0o644);
 }
 
 #[test]
 fn the_golden_enrollment_json_loads_as_an_identity() {
-    let file = golden_or("enrollment.json", || {
+    let file = G.read_or("enrollment.json", || {
         serde_json::to_vec_pretty(&enrollment()).expect("json")
     });
     let parsed: Enrollment = serde_json::from_slice(&file).expect("parse");
@@ -414,7 +368,7 @@ fn the_identity_directory_has_its_golden_layout() {
     for n in names {
         layout.push_str(&format!("{n} {:04o}\n", mode(&dir.join(&n))));
     }
-    assert_golden("identity-layout.txt", layout.as_bytes());
+    G.assert("identity-layout.txt", layout.as_bytes());
 }
 
 // ---------------------------------------------------------------- status
@@ -465,15 +419,15 @@ fn printed(r: &Report) -> Vec<u8> {
 
 #[test]
 fn status_json_is_printed_as_its_golden_file() {
-    assert_golden("status.json", &printed(&report()));
-    assert_golden("status-never-ran.json", &printed(&never_ran()));
+    G.assert("status.json", &printed(&report()));
+    G.assert("status-never-ran.json", &printed(&never_ran()));
 }
 
 #[test]
 fn the_golden_status_json_parses_to_its_report() {
     // Report has no PartialEq: its Debug form says every field.
     for (name, want) in [("status.json", report()), ("status-never-ran.json", never_ran())] {
-        let file = golden_or(name, || printed(&want));
+        let file = G.read_or(name, || printed(&want));
         let parsed: Report = serde_json::from_slice(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(format!("{parsed:?}"), format!("{want:?}"), "{name}");
     }
@@ -501,10 +455,10 @@ async fn the_published_status_file_is_written_as_its_golden_file() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += Duration::from_millis(10);
     }
-    assert_golden("status-file.json", &std::fs::read(&file).expect("read"));
+    G.assert("status-file.json", &std::fs::read(&file).expect("read"));
 
     // The other way: the golden file is what `byoc-agent status` reads.
-    let file = golden_or("status-file.json", || std::fs::read(&file).expect("read"));
+    let file = G.read_or("status-file.json", || std::fs::read(&file).expect("read"));
     let other = tempfile::tempdir().expect("tempdir");
     std::fs::write(byoc_agent::status::path(other.path()), &file).expect("copy");
     let parsed: Status = serde_json::from_slice(&file).expect("parse");

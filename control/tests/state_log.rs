@@ -14,13 +14,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aws_lc_rs::signature::Ed25519KeyPair;
 use byoc_control::store::{Record, ResultDisposition, State, Store};
 use byoc_proto::agent::v1::{Action, Change, Operation, OperationResult, Outcome, Outputs, ResourceKind, Target};
+use byoc_testkit::Golden;
 
-const ENV: &str = "BYOC_UPDATE_GOLDEN";
+/// The golden file, in `control/tests/golden/`.
+const G: Golden = Golden::new(
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"),
+    "cargo test -p byoc-control --test state_log",
+    "the control plane's state format changed",
+);
 /// 2023-11-14T22:13:20Z.
 const START_MS: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -33,14 +39,6 @@ const CA: &str = "caca0000000000000000000000000000000000000000000000000000000000
 const CERT_1: &str = "c1c1000000000000000000000000000000000000000000000000000000000001";
 const CERT_2: &str = "c2c2000000000000000000000000000000000000000000000000000000000002";
 const OLD_CERT: &str = "c0c0000000000000000000000000000000000000000000000000000000000000";
-
-fn golden_path() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/state.log")
-}
-
-fn updating() -> bool {
-    std::env::var_os(ENV).is_some()
-}
 
 /// The operation-signing key, fixed (Ed25519 signatures are deterministic).
 fn op_key() -> Ed25519KeyPair {
@@ -201,30 +199,7 @@ async fn the_state_log_is_written_as_its_golden_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.log");
     write_state(&path).await;
-    let actual = std::fs::read(&path).expect("read");
-    let golden = golden_path();
-    if updating() {
-        std::fs::create_dir_all(golden.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&golden, &actual).expect("write the golden file");
-        eprintln!("rewrote {}", golden.display());
-        return;
-    }
-    let expected = std::fs::read(&golden).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; write it with `{ENV}=1 cargo test -p byoc-control --test state_log`",
-            golden.display()
-        )
-    });
-    assert!(
-        expected == actual,
-        "{} no longer matches what the control plane writes: the state format changed.\n\
-         If that is deliberate (and logs written before still read), regenerate it with \
-         `{ENV}=1 cargo test -p byoc-control --test state_log` and review the diff.\n\
-         --- golden\n{}\n--- now\n{}",
-        golden.display(),
-        String::from_utf8_lossy(&expected),
-        String::from_utf8_lossy(&actual),
-    );
+    G.assert("state.log", &std::fs::read(&path).expect("read"));
 }
 
 fn check_state(st: &State) {
@@ -327,10 +302,10 @@ fn check_state(st: &State) {
 async fn the_golden_state_log_replays_to_its_state() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("state.log");
-    if updating() {
+    if Golden::updating() {
         write_state(&path).await;
     } else {
-        std::fs::copy(golden_path(), &path).expect("copy the golden file");
+        std::fs::write(&path, G.read("state.log")).expect("copy the golden file");
     }
     {
         let store = Store::open(&path).expect("replay the golden state log");

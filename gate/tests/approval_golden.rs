@@ -20,67 +20,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt as _;
 
 use byoc_gate::approval::{self, Choice, Decided, Hold, LocalDecision};
 use byoc_provider::{Change, Plan, PlanSummary};
+use byoc_testkit::{Golden, mode};
 use serde_json::json;
 
-const ENV: &str = "BYOC_UPDATE_GOLDEN";
+/// The golden files, in `gate/tests/golden/`.
+const G: Golden = Golden::new(
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden"),
+    "cargo test -p byoc-gate --test approval_golden",
+    "the approval file format changed",
+);
 /// 2023-11-14T22:13:20Z.
 const START_MS: i64 = 1_700_000_000_000;
 const OP: &str = "op-0000000000000007";
 const USER: &str = "alice";
-
-fn golden_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
-}
-
-fn updating() -> bool {
-    std::env::var_os(ENV).is_some()
-}
-
-fn golden(name: &str) -> Vec<u8> {
-    let path = golden_path(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; write it with `{ENV}=1 cargo test -p byoc-gate --test approval_golden`",
-            path.display()
-        )
-    })
-}
-
-/// The golden file to read back; while regenerating, `fresh` (what the
-/// writing test writes to it), so that one run regenerates everything.
-fn golden_or(name: &str, fresh: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
-    if updating() { fresh() } else { golden(name) }
-}
-
-fn assert_golden(name: &str, actual: &[u8]) {
-    let path = golden_path(name);
-    if updating() {
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(&path, actual).expect("write the golden file");
-        eprintln!("rewrote {}", path.display());
-        return;
-    }
-    let expected = golden(name);
-    assert!(
-        expected == actual,
-        "{} no longer matches what is written: the approval file format changed.\n\
-         If that is deliberate (and files written before still read), regenerate it with \
-         `{ENV}=1 cargo test -p byoc-gate --test approval_golden` and review the diff.\n\
-         --- golden\n{}\n--- now\n{}",
-        path.display(),
-        String::from_utf8_lossy(&expected),
-        String::from_utf8_lossy(actual),
-    );
-}
-
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
-}
 
 fn plan() -> Plan {
     // Values are scalars: an object's key order would depend on serde_json's features.
@@ -151,7 +107,7 @@ fn a_hold_is_written_as_its_golden_file() {
         approval::write_hold(data.path(), &h).expect("write the hold");
         let path = approval::hold_path(data.path(), OP);
         assert_eq!(path, data.path().join(format!("approvals/pending/{OP}.json")));
-        assert_golden(name, &std::fs::read(&path).expect("read"));
+        G.assert(name, &std::fs::read(&path).expect("read"));
         assert_eq!(mode(&path), 0o600, "{name}");
     }
 }
@@ -162,7 +118,7 @@ fn a_golden_hold_reads_back_as_its_value() {
         ("pending-hold.json", hold(Some(plan()))),
         ("pending-hold-planning.json", hold(None)),
     ] {
-        let file = golden_or(name, || serde_json::to_vec_pretty(&h).expect("json"));
+        let file = G.read_or(name, || serde_json::to_vec_pretty(&h).expect("json"));
         let parsed: Hold = serde_json::from_slice(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(parsed, h, "{name}");
         // Where the agent keeps it, it is what `approvals` lists.
@@ -194,7 +150,7 @@ fn a_decision_is_written_as_its_golden_file() {
         assert_eq!(mode(&path), 0o644, "{name}");
         let text = String::from_utf8(std::fs::read(&path).expect("read")).expect("utf-8");
         assert_eq!(text.matches(&written_user).count(), 1, "{name}: {text}");
-        assert_golden(name, text.replace(&written_user, &golden_user).as_bytes());
+        G.assert(name, text.replace(&written_user, &golden_user).as_bytes());
     }
 }
 
@@ -205,7 +161,7 @@ fn a_golden_decision_reads_back_as_its_value() {
         ("decision-reject.json", Choice::Reject),
     ] {
         let want = decision(choice);
-        let file = golden_or(name, || serde_json::to_vec_pretty(&want).expect("json"));
+        let file = G.read_or(name, || serde_json::to_vec_pretty(&want).expect("json"));
         let parsed: LocalDecision = serde_json::from_slice(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(parsed, want, "{name}");
         // Where `approve` leaves it, the agent reads it, with the file's owner.

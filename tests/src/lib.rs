@@ -432,8 +432,15 @@ impl Agent {
     }
 
     pub fn enroll(&self, token: &str, url: &str) -> Output {
+        self.enroll_with(token, url, &[])
+    }
+
+    /// `enroll` with extra arguments (e.g. `--reenroll`).
+    pub fn enroll_with(&self, token: &str, url: &str, extra: &[&str]) -> Output {
         self.cli()
-            .args(["enroll", "--config"])
+            .arg("enroll")
+            .args(extra)
+            .arg("--config")
             .arg(&self.config)
             .args(["--token", token, "--control-plane", url])
             .output()

@@ -51,13 +51,7 @@ fn a_second_agent_or_control_plane_on_the_same_data_directory_exits_at_once() {
     }
     // Enrolling while the agent runs is refused the same way, before the token is used.
     let token = cp.token("15m");
-    let enroll = agent
-        .cli()
-        .args(["enroll", "--reenroll", "--config"])
-        .arg(&agent.config)
-        .args(["--token", &token, "--control-plane", &cp.url])
-        .output()
-        .expect("enroll");
+    let enroll = agent.enroll_with(&token, &cp.url, &["--reenroll"]);
     assert_eq!(enroll.status.code(), Some(2), "{}", stderr(&enroll));
     assert!(
         stderr(&enroll).contains("only one agent may run on it"),
@@ -126,13 +120,7 @@ fn re_enrolling_after_a_revocation_archives_the_earlier_log_and_sequence_one_run
         "{msg}"
     );
     // The same token then works, with --reenroll.
-    let out = agent
-        .cli()
-        .args(["enroll", "--reenroll", "--config"])
-        .arg(&agent.config)
-        .args(["--token", &token, "--control-plane", &cp.url])
-        .output()
-        .expect("re-enroll");
+    let out = agent.enroll_with(&token, &cp.url, &["--reenroll"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(stdout.contains("the earlier enrollment is archived in"), "{stdout}");

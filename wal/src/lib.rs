@@ -248,6 +248,18 @@ pub fn rewrite(path: &Path, lines: &[Vec<u8>]) -> Result<(), WalError> {
 /// file beside it (mode `mode`) is written and synced, renamed over `path`,
 /// and the directory synced.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, true)?;
+    sync_dir(path)
+}
+
+/// Replaces `path` with `bytes` for readers (never half a file, mode `mode`),
+/// without making it durable: for files that are rewritten often and only
+/// report (a status file), so they do not add syncs beside the logs'.
+pub fn write_replacing(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     // A fresh name each time, created new: a temporary file left by a crash
     // (or put there by someone else) is never reused with its old mode.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -271,14 +283,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         #[cfg(not(unix))]
         let _ = mode;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)
     })();
-    if let Err(e) = written {
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    sync_dir(path)
+    written
 }
 
 /// Syncs the directory holding `path`, so a create or rename in it is durable.
